@@ -1,0 +1,328 @@
+"""Pure box math for xyxy boxes.
+
+Every function broadcasts over leading dimensions: ``aligned_*`` functions take two
+tensors of shape ``(..., 4)`` that broadcast against each other and return ``(...)``;
+the pairwise wrappers (``box_iou``, ``generalized_box_iou``, ...) take ``(M, 4)`` and
+``(K, 4)`` and return ``(M, K)``.
+
+Degenerate boxes are defined behaviour, never NaN:
+
+* a box with ``x2 < x1`` or ``y2 < y1`` has width/height clamped to 0, so zero area;
+* IoU of two zero-area boxes is 0 (intersection 0 over a union clamped at ``EPS``);
+* the enclosing box of two points is a point: its area and diagonal are clamped at
+  ``EPS`` so GIoU/DIoU penalties stay finite (they evaluate to 0 there).
+
+Half precision inputs (fp16/bf16) are computed in float32 and returned as float32,
+because box areas in pixels overflow fp16 (65504) for boxes above ~256 px.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+EPS = 1e-7
+
+__all__ = [
+    "EPS",
+    "aligned_ciou",
+    "aligned_diou",
+    "aligned_eiou",
+    "aligned_giou",
+    "aligned_iou",
+    "box_area",
+    "box_centers",
+    "box_iou",
+    "centre_distance_sq",
+    "clip_boxes",
+    "complete_box_iou",
+    "cxcywh_to_xyxy",
+    "decode_deltas",
+    "decode_ltrb",
+    "distance_box_iou",
+    "efficient_box_iou",
+    "enclosing_box",
+    "enclosing_diag_sq",
+    "encode_deltas",
+    "encode_ltrb",
+    "generalized_box_iou",
+    "pairwise_centre_distance",
+    "xyxy_to_cxcywh",
+]
+
+# Largest log-ratio a decoded width/height may take (same bound as torchvision/detectron2).
+DELTA_CLAMP = math.log(1000.0 / 16)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """Half precision box math overflows (areas > 65504 px²); work in float32."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    if not t.is_floating_point():
+        return t.float()
+    return t
+
+
+def _check_boxes(t: Tensor, name: str) -> None:
+    if t.shape[-1:] != (4,):
+        raise ValueError(f"{name} must have shape (..., 4), got {tuple(t.shape)}")
+
+
+def _wh(boxes: Tensor) -> tuple[Tensor, Tensor]:
+    w = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    h = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    return w, h
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of xyxy boxes ``(..., 4) -> (...)``; inverted boxes have area 0."""
+    _check_boxes(boxes, "boxes")
+    w, h = _wh(_upcast(boxes))
+    return w * h
+
+
+def box_centers(boxes: Tensor) -> Tensor:
+    """Centres ``(..., 4) -> (..., 2)`` as (cx, cy)."""
+    _check_boxes(boxes, "boxes")
+    boxes = _upcast(boxes)
+    return (boxes[..., :2] + boxes[..., 2:]) / 2
+
+
+def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` xyxy -> cx, cy, w, h (w, h may be negative for inverted boxes)."""
+    _check_boxes(boxes, "boxes")
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` cx, cy, w, h -> xyxy."""
+    _check_boxes(boxes, "boxes")
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+
+
+def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    wa, ha = _wh(a)
+    wb, hb = _wh(b)
+    union = wa * ha + wb * hb - inter
+    return inter, union
+
+
+def _prep(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    _check_boxes(a, "boxes1")
+    _check_boxes(b, "boxes2")
+    return _upcast(a), _upcast(b)
+
+
+def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of corresponding boxes, ``(..., 4), (..., 4) -> (...)`` in [0, 1]."""
+    a, b = _prep(boxes1, boxes2)
+    inter, union = _inter_union(a, b)
+    return inter / union.clamp(min=EPS)
+
+
+def enclosing_box(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Smallest box enclosing both, ``(..., 4) -> (..., 4)``."""
+    a, b = _prep(boxes1, boxes2)
+    lt = torch.minimum(a[..., :2], b[..., :2])
+    rb = torch.maximum(a[..., 2:], b[..., 2:])
+    return torch.cat((lt, rb), dim=-1)
+
+
+def enclosing_diag_sq(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Squared diagonal ``c²`` of the enclosing box, clamped at EPS, ``(...)`` px²."""
+    enc = enclosing_box(boxes1, boxes2)
+    wh = (enc[..., 2:] - enc[..., :2]).clamp(min=0)
+    return (wh**2).sum(-1).clamp(min=EPS)
+
+
+def centre_distance_sq(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Squared distance ``ρ²`` between box centres, ``(...)`` px²."""
+    a, b = _prep(boxes1, boxes2)
+    return ((box_centers(a) - box_centers(b)) ** 2).sum(-1)
+
+
+def aligned_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Generalised IoU (Rezatofighi et al. 2019), ``(...)`` in [-1, 1].
+
+    ``GIoU = IoU - |C \\ (A ∪ B)| / |C|`` with C the smallest enclosing box.
+    """
+    a, b = _prep(boxes1, boxes2)
+    inter, union = _inter_union(a, b)
+    iou = inter / union.clamp(min=EPS)
+    w, h = _wh(enclosing_box(a, b))
+    area_c = (w * h).clamp(min=EPS)
+    return iou - (area_c - union).clamp(min=0) / area_c
+
+
+def aligned_diou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Distance IoU (Zheng et al. 2020): ``IoU - ρ²/c²``, ``(...)`` in [-1, 1]."""
+    a, b = _prep(boxes1, boxes2)
+    return aligned_iou(a, b) - centre_distance_sq(a, b) / enclosing_diag_sq(a, b)
+
+
+def aligned_ciou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Complete IoU (Zheng et al. 2020): ``DIoU - α v``, ``(...)``.
+
+    ``v = 4/π² (atan(w2/h2) - atan(w1/h1))²`` measures aspect-ratio mismatch and
+    ``α = v / (1 - IoU + v)`` is a detached trade-off weight, as in the paper.
+    ``boxes2`` is the target.
+    """
+    a, b = _prep(boxes1, boxes2)
+    iou = aligned_iou(a, b)
+    w1, h1 = _wh(a)
+    w2, h2 = _wh(b)
+    v = (4 / math.pi**2) * (
+        torch.atan(w2 / h2.clamp(min=EPS)) - torch.atan(w1 / h1.clamp(min=EPS))
+    ) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v).clamp(min=EPS)
+    return iou - centre_distance_sq(a, b) / enclosing_diag_sq(a, b) - alpha * v
+
+
+def aligned_eiou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Efficient IoU (Zhang et al. 2022, "Focal and Efficient IOU Loss").
+
+    ``EIoU = IoU - ρ²/c² - (w1 - w2)²/Cw² - (h1 - h2)²/Ch²`` where Cw, Ch are the
+    width and height of the enclosing box, so ``1 - EIoU`` is the EIoU loss. This is
+    the width/height form the HCRAL paper cites, not the "Extended IoU" of some libraries.
+    """
+    a, b = _prep(boxes1, boxes2)
+    w1, h1 = _wh(a)
+    w2, h2 = _wh(b)
+    cw, ch = _wh(enclosing_box(a, b))
+    return (
+        aligned_iou(a, b)
+        - centre_distance_sq(a, b) / enclosing_diag_sq(a, b)
+        - (w1 - w2) ** 2 / (cw**2).clamp(min=EPS)
+        - (h1 - h2) ** 2 / (ch**2).clamp(min=EPS)
+    )
+
+
+def _pairwise(fn, boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    if boxes1.dim() != 2 or boxes2.dim() != 2:
+        raise ValueError(
+            f"pairwise box ops take (M, 4) and (K, 4), got {tuple(boxes1.shape)} "
+            f"and {tuple(boxes2.shape)}"
+        )
+    return fn(boxes1[:, None, :], boxes2[None, :, :])
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU ``(M, 4), (K, 4) -> (M, K)``."""
+    return _pairwise(aligned_iou, boxes1, boxes2)
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise GIoU ``(M, 4), (K, 4) -> (M, K)``."""
+    return _pairwise(aligned_giou, boxes1, boxes2)
+
+
+def distance_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise DIoU ``(M, 4), (K, 4) -> (M, K)``."""
+    return _pairwise(aligned_diou, boxes1, boxes2)
+
+
+def complete_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise CIoU ``(M, 4), (K, 4) -> (M, K)`` (``boxes2`` as targets)."""
+    return _pairwise(aligned_ciou, boxes1, boxes2)
+
+
+def efficient_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise EIoU ``(M, 4), (K, 4) -> (M, K)``."""
+    return _pairwise(aligned_eiou, boxes1, boxes2)
+
+
+def pairwise_centre_distance(points1: Tensor, points2: Tensor) -> Tensor:
+    """Euclidean distance between points ``(M, 2), (K, 2) -> (M, K)`` in px."""
+    return torch.cdist(_upcast(points1), _upcast(points2))
+
+
+def encode_deltas(
+    anchors: Tensor, targets: Tensor, weights: tuple[float, float, float, float] = (1, 1, 1, 1)
+) -> Tensor:
+    """RetinaNet/Faster R-CNN box coding ``(..., 4), (..., 4) -> (..., 4)``.
+
+    ``dx = wx (tx - ax) / aw``, ``dw = ww log(tw / aw)``. Widths are clamped at EPS so a
+    zero-size target gives a large but finite ``dw``.
+    """
+    a, t = _prep(anchors, targets)
+    a_c, t_c = box_centers(a), box_centers(t)
+    aw, ah = (s.clamp(min=EPS) for s in _wh(a))
+    tw, th = (s.clamp(min=EPS) for s in _wh(t))
+    wx, wy, ww, wh = weights
+    return torch.stack(
+        (
+            wx * (t_c[..., 0] - a_c[..., 0]) / aw,
+            wy * (t_c[..., 1] - a_c[..., 1]) / ah,
+            ww * torch.log(tw / aw),
+            wh * torch.log(th / ah),
+        ),
+        dim=-1,
+    )
+
+
+def decode_deltas(
+    anchors: Tensor,
+    deltas: Tensor,
+    weights: tuple[float, float, float, float] = (1, 1, 1, 1),
+    clamp: float = DELTA_CLAMP,
+) -> Tensor:
+    """Inverse of :func:`encode_deltas`; ``dw, dh`` are clamped to ``clamp`` so exp stays finite."""
+    a, d = _prep(anchors, deltas)
+    a_c = box_centers(a)
+    aw, ah = _wh(a)
+    wx, wy, ww, wh = weights
+    dx, dy = d[..., 0] / wx, d[..., 1] / wy
+    dw = (d[..., 2] / ww).clamp(max=clamp)
+    dh = (d[..., 3] / wh).clamp(max=clamp)
+    cx, cy = a_c[..., 0] + dx * aw, a_c[..., 1] + dy * ah
+    w, h = aw * torch.exp(dw), ah * torch.exp(dh)
+    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+
+
+def encode_ltrb(points: Tensor, targets: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """FCOS coding: distances from a point to the four sides, divided by ``scale``.
+
+    Args:
+        points: ``(..., 2)`` (x, y) in px.
+        targets: ``(..., 4)`` xyxy boxes.
+        scale: broadcastable to ``(...)``, usually the level stride.
+    Returns:
+        ``(..., 4)`` as (left, top, right, bottom); negative when the point is outside.
+    """
+    _check_boxes(targets, "targets")
+    p, t = _upcast(points), _upcast(targets)
+    scale = torch.as_tensor(scale, dtype=p.dtype, device=p.device)
+    d = torch.stack(
+        (p[..., 0] - t[..., 0], p[..., 1] - t[..., 1], t[..., 2] - p[..., 0], t[..., 3] - p[..., 1]),
+        dim=-1,
+    )
+    return d / scale[..., None] if scale.dim() else d / scale
+
+
+def decode_ltrb(points: Tensor, distances: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """Inverse of :func:`encode_ltrb`: ``(..., 2), (..., 4) -> (..., 4)`` xyxy."""
+    p, d = _upcast(points), _upcast(distances)
+    scale = torch.as_tensor(scale, dtype=p.dtype, device=p.device)
+    d = d * scale[..., None] if scale.dim() else d * scale
+    return torch.stack(
+        (p[..., 0] - d[..., 0], p[..., 1] - d[..., 1], p[..., 0] + d[..., 2], p[..., 1] + d[..., 3]),
+        dim=-1,
+    )
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip xyxy boxes to an image of ``size = (height, width)``."""
+    _check_boxes(boxes, "boxes")
+    h, w = size
+    x = boxes[..., 0::2].clamp(min=0, max=w)
+    y = boxes[..., 1::2].clamp(min=0, max=h)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
