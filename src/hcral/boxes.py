@@ -10,7 +10,8 @@ Degenerate boxes are defined behaviour, never NaN:
 * a box with ``x2 < x1`` or ``y2 < y1`` has width/height clamped to 0, so zero area;
 * IoU of two zero-area boxes is 0 (intersection 0 over a union clamped at ``EPS``);
 * the enclosing box of two points is a point: its area and diagonal are clamped at
-  ``EPS`` so GIoU/DIoU penalties stay finite (they evaluate to 0 there).
+  ``EPS`` so GIoU/DIoU penalties stay finite (two coincident points have IoU 0 and
+  GIoU -1: a zero-area prediction is never rewarded).
 
 Half precision inputs (fp16/bf16) are computed in float32 and returned as float32,
 because box areas in pixels overflow fp16 (65504) for boxes above ~256 px.
@@ -302,7 +303,12 @@ def encode_ltrb(points: Tensor, targets: Tensor, scale: Tensor | float = 1.0) ->
     p, t = _upcast(points), _upcast(targets)
     scale = torch.as_tensor(scale, dtype=p.dtype, device=p.device)
     d = torch.stack(
-        (p[..., 0] - t[..., 0], p[..., 1] - t[..., 1], t[..., 2] - p[..., 0], t[..., 3] - p[..., 1]),
+        (
+            p[..., 0] - t[..., 0],
+            p[..., 1] - t[..., 1],
+            t[..., 2] - p[..., 0],
+            t[..., 3] - p[..., 1],
+        ),
         dim=-1,
     )
     return d / scale[..., None] if scale.dim() else d / scale
@@ -314,7 +320,12 @@ def decode_ltrb(points: Tensor, distances: Tensor, scale: Tensor | float = 1.0) 
     scale = torch.as_tensor(scale, dtype=p.dtype, device=p.device)
     d = d * scale[..., None] if scale.dim() else d * scale
     return torch.stack(
-        (p[..., 0] - d[..., 0], p[..., 1] - d[..., 1], p[..., 0] + d[..., 2], p[..., 1] + d[..., 3]),
+        (
+            p[..., 0] - d[..., 0],
+            p[..., 1] - d[..., 1],
+            p[..., 0] + d[..., 2],
+            p[..., 1] + d[..., 3],
+        ),
         dim=-1,
     )
 
