@@ -76,3 +76,12 @@ class RunningStat(nn.Module):
         self.value.copy_(torch.where(has_data, blended, self.value))
         self.initialized.logical_or_(has_data)
         return self.value.clone()
+
+
+def reduce_mean(t: Tensor) -> Tensor:
+    """Mean of ``t`` over ranks (a copy); ``t`` itself when not distributed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t / dist.get_world_size()
+    return t
