@@ -1,0 +1,485 @@
+"""Run a grid of small experiments over seeds and report mean ± std with 95% intervals.
+
+``hcral compare GRID.yaml --seeds 3 --out DIR`` calls :func:`run_compare`. A grid file
+is YAML with three keys::
+
+    base: ../atss_focal_giou.yaml         # config every study starts from
+    set:                                  # overrides shared by every cell (optional)
+      train.max_iters: 2000
+    studies:
+      cls_loss:                           # a product study: every combination of axes
+        base: ../retinanet_focal_l1.yaml  # optional, replaces the grid's base
+        set: {model.reg_loss: giou}       # optional, study-wide overrides
+        axes:
+          model.cls_loss: [focal, ghm]
+          model.cls_loss_args.mu: [3, 5]  # deeper keys merge into a dict-valued field
+        reference: cls_loss=focal,mu=5    # optional; default: the first cell
+      ladder:                             # a list study: named cells, in order
+        cells:
+          - {name: ATSS}
+          - {name: EATSS, set: {model.assigner: eatss}}
+
+Relative ``base`` paths resolve against the grid file's folder. An override key is
+``section.key`` (replaces the value) or ``section.key.sub`` (sets one entry of a dict
+field such as ``model.cls_loss_args``, keeping the base config's other entries). Later
+overrides win: grid ``set`` < study ``set`` < cell ``set`` / axis value. Product cells
+are named ``key=value`` joined by ``,`` with the last part of each key.
+
+Every (cell, seed) trains in ``DIR/<study>/<cell>/seed_<k>`` with ``train.seed`` =
+base seed + k, and leaves ``metrics.json`` there. A rerun skips runs whose
+``metrics.json`` exists and resumes (``train(cfg, resume=True)``) runs with a
+checkpoint, so an interrupted grid continues where it stopped. ``DIR/<study>/table.md``
+then gives AP / AP50 / AP75 as mean ± std (ddof=1) with a Student-t 95% interval, and
+marks each cell against the reference on AP: ``≈`` when the two intervals overlap,
+``▲`` / ``▼`` when the cell's interval lies wholly above / below. Overlapping
+intervals are a conservative test (two means can differ significantly while their
+intervals still overlap), which suits a small-scale ablation: a ``▲`` is a real gain.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hcral.config import Config, config_from_dict
+
+TrainFn = Callable[..., Mapping[str, Any]]
+
+TABLE_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75")
+CHECKPOINT_NAME = "last.pt"  # hcral.engine.checkpoint.LAST: the newest complete checkpoint
+
+# Two-sided 95% Student-t quantiles t_{0.975, df}, used when scipy is not installed.
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+    9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
+    16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042,
+    40: 2.021, 60: 2.000, 120: 1.980,
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- grid
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration of a study: a name and its ``section.key[.sub]`` overrides."""
+
+    name: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Study:
+    """Cells that share a base config and are compared with one reference cell."""
+
+    name: str
+    base: Path
+    cells: list[Cell]
+    reference: str
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}: {value!r}")
+    return dict(value)
+
+
+def _axis_cells(axes: dict[str, Any], where: str) -> list[Cell]:
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}.axes.{key}: expected a non-empty list, got {values!r}")
+    keys = list(axes)
+    cells = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo))
+        cells.append(Cell(name, dict(zip(keys, combo))))
+    return cells
+
+
+def _list_cells(items: Any, where: str) -> list[Cell]:
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{where}.cells: expected a non-empty list, got {items!r}")
+    cells = []
+    for i, item in enumerate(items):
+        item = _mapping(item, f"{where}.cells[{i}]")
+        unknown = sorted(set(item) - {"name", "set"})
+        if unknown or not isinstance(item.get("name"), str) or not item["name"]:
+            raise ValueError(
+                f"{where}.cells[{i}]: need 'name' (str) and optional 'set'; got keys {sorted(item)}"
+            )
+        cells.append(Cell(item["name"], _mapping(item.get("set"), f"{where}.cells[{i}].set")))
+    return cells
+
+
+def _parse_study(name: str, spec: Any, grid: dict[str, Any], root: Path, where: str) -> Study:
+    where = f"{where}: studies.{name}"
+    spec = _mapping(spec, where)
+    unknown = sorted(set(spec) - {"base", "set", "axes", "cells", "reference"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}")
+    if ("axes" in spec) == ("cells" in spec):
+        raise ValueError(f"{where}: give exactly one of 'axes' (product) or 'cells' (list)")
+    if "axes" in spec:
+        cells = _axis_cells(_mapping(spec["axes"], f"{where}.axes"), where)
+    else:
+        cells = _list_cells(spec["cells"], where)
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: duplicate cell names in {names}")
+    shared = {**_mapping(grid.get("set"), "set"), **_mapping(spec.get("set"), f"{where}.set")}
+    cells = [Cell(c.name, {**shared, **c.overrides}) for c in cells]
+    reference = spec.get("reference", names[0])
+    if reference not in names:
+        raise ValueError(f"{where}: reference {reference!r} is not one of the cells {names}")
+    base = spec.get("base", grid.get("base"))
+    if not isinstance(base, str):
+        raise ValueError(f"{where}: no 'base' config path (set it on the grid or the study)")
+    return Study(name, (root / base).resolve(), cells, reference)
+
+
+def load_grid(path: str | Path) -> list[Study]:
+    """Parse a grid YAML file (format in the module docstring) into studies.
+
+    Raises:
+        ValueError: naming the file and key when the grid is malformed.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"grid {str(path)!r}: cannot read: {e}") from e
+    raw = _mapping(raw, f"grid {str(path)!r}")
+    unknown = sorted(set(raw) - {"base", "set", "studies"})
+    if unknown:
+        raise ValueError(f"grid {str(path)!r}: unknown key(s) {unknown}")
+    studies = _mapping(raw.get("studies"), f"grid {str(path)!r}: studies")
+    if not studies:
+        raise ValueError(f"grid {str(path)!r}: 'studies' is empty")
+    return [_parse_study(n, s, raw, path.parent, str(path)) for n, s in studies.items()]
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``section.key`` (replace) or ``section.key.sub...`` (merge into a dict) in place."""
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"override key {key!r}: expected section.key or section.key.sub")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override key {key!r}: {part!r} holds {child!r}, not a mapping")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def cell_config(study: Study, cell: Cell, seed: int, output_dir: Path) -> Config:
+    """The full config of one (cell, seed) run, validated by :mod:`hcral.config`."""
+    try:
+        raw = yaml.safe_load(study.base.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"study {study.name!r}: base config {str(study.base)!r}: {e}") from e
+    for key, value in cell.overrides.items():
+        apply_override(raw, key, value)
+    base_seed = (raw.get("train") or {}).get("seed", 0)
+    apply_override(raw, "train.seed", int(base_seed) + seed)
+    apply_override(raw, "train.output_dir", str(output_dir))
+    return config_from_dict(raw, f"{study.base} [{study.name}/{cell.name}]")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean over seeds with sample std and a two-sided t interval (NaN when n < 2)."""
+
+    n: int
+    mean: float
+    std: float
+    lo: float
+    hi: float
+
+    @property
+    def has_interval(self) -> bool:
+        return self.n >= 2 and math.isfinite(self.lo) and math.isfinite(self.hi)
+
+
+def t_quantile(df: int, confidence: float = 0.95) -> float:
+    """Two-sided Student-t critical value ``t_{(1+confidence)/2, df}``.
+
+    Uses scipy when installed; otherwise a table for ``confidence=0.95`` (a df between
+    table rows takes the next smaller df's value, which is slightly conservative).
+    """
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    try:
+        from scipy.stats import t
+    except ImportError:
+        if not math.isclose(confidence, 0.95):
+            raise ValueError(
+                f"confidence={confidence} needs scipy; only 0.95 is tabulated"
+            ) from None
+        if df > 120:
+            return 1.960
+        return _T975[max(k for k in _T975 if k <= df)]
+    return float(t.ppf((1.0 + confidence) / 2.0, df))
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+    """Mean, sample std (ddof=1) and the t interval ``mean ± t · std / √n``.
+
+    Args:
+        values: one metric over n seeds; NaN values propagate into the result.
+    Returns:
+        :class:`Summary`; with n = 1, ``std``, ``lo`` and ``hi`` are NaN.
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("values: need at least one value to summarize")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return Summary(1, mean, math.nan, math.nan, math.nan)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(n - 1, confidence) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half)
+
+
+def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether closed intervals ``a = (lo, hi)`` and ``b`` share at least one point."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def compare_mark(cell: Summary, reference: Summary) -> str:
+    """``≈`` overlapping intervals, ``▲``/``▼`` wholly above/below, ``–`` no interval (n<2)."""
+    if not (cell.has_interval and reference.has_interval):
+        return "–"
+    if intervals_overlap((cell.lo, cell.hi), (reference.lo, reference.hi)):
+        return "≈"
+    return "▲" if cell.lo > reference.hi else "▼"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class CellSummary:
+    """Aggregated results of one cell: a :class:`Summary` per metric, wall time, mark."""
+
+    name: str
+    metrics: dict[str, Summary]
+    wall_time_s: float  # mean over seeds
+    mark: str = ""
+
+
+@dataclass
+class StudyTable:
+    """One study's aggregated rows; ``reference`` names the row the marks compare with."""
+
+    study: str
+    reference: str
+    rows: list[CellSummary] = field(default_factory=list)
+    confidence: float = 0.95
+
+
+def summarize_study(
+    study: str,
+    reference: str,
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    metrics: Sequence[str] = TABLE_METRICS,
+    confidence: float = 0.95,
+) -> StudyTable:
+    """Aggregate per-seed metric dicts into a :class:`StudyTable`.
+
+    Args:
+        runs: cell name → list of per-seed dicts holding ``metrics`` and ``wall_time_s``;
+            cells in table order; ``reference`` must be one of them.
+    """
+    if reference not in runs:
+        raise ValueError(f"reference {reference!r} is not one of the cells {list(runs)}")
+    rows = []
+    for name, seeds in runs.items():
+        summaries = {}
+        for m in metrics:
+            if any(m not in r for r in seeds):
+                raise ValueError(f"cell {name!r}: metric {m!r} missing from a run's metrics")
+            summaries[m] = summarize([float(r[m]) for r in seeds], confidence)
+        wall = math.fsum(float(r.get("wall_time_s", math.nan)) for r in seeds) / len(seeds)
+        rows.append(CellSummary(name, summaries, wall))
+    ref = next(r for r in rows if r.name == reference)
+    for row in rows:
+        row.mark = "ref" if row is ref else compare_mark(row.metrics["AP"], ref.metrics["AP"])
+    return StudyTable(study, reference, rows, confidence)
+
+
+def format_summary(s: Summary, digits: int = 1) -> str:
+    """``"37.2 ± 0.3 [36.5, 37.9]"``, or ``"37.2 (n=1)"`` when there is no interval."""
+    if s.n < 2:
+        return f"{s.mean:.{digits}f} (n=1)"
+    return f"{s.mean:.{digits}f} ± {s.std:.{digits}f} [{s.lo:.{digits}f}, {s.hi:.{digits}f}]"
+
+
+def _format_wall(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def render_markdown(table: StudyTable, digits: int = 1) -> str:
+    """One Markdown table: cell, n, metrics (mean ± std [CI]), ΔAP, wall time, mark."""
+    metrics = list(table.rows[0].metrics) if table.rows else list(TABLE_METRICS)
+    ref = next(r for r in table.rows if r.name == table.reference)
+    pct = round(table.confidence * 100)
+    head = ["cell", "n", *(f"{m} (mean ± std [{pct}% CI])" for m in metrics)]
+    head += ["ΔAP", "wall / run", "vs ref"]
+    lines = [
+        f"### {table.study}",
+        "",
+        f"Reference: `{table.reference}`. Mark on AP: ≈ {pct}% intervals overlap, "
+        "▲/▼ interval wholly above/below the reference, – fewer than 2 seeds.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + [":---:"]) + "|",
+    ]
+    for row in table.rows:
+        delta = row.metrics["AP"].mean - ref.metrics["AP"].mean
+        cells = [f"`{row.name}`", str(row.metrics["AP"].n)]
+        cells += [format_summary(row.metrics[m], digits) for m in metrics]
+        cells += [f"{delta:+.{digits}f}", _format_wall(row.wall_time_s), row.mark]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # 0-d tensors and numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    # Write then rename, so a crash never leaves a half-written metrics.json that a
+    # rerun would take for a finished run.
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def run_cell_seed(
+    study: Study, cell: Cell, seed: int, run_dir: Path, train_fn: TrainFn
+) -> dict[str, Any]:
+    """Train one (cell, seed) unless finished; returns the contents of its metrics.json."""
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    cfg = cell_config(study, cell, seed, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = True if (run_dir / CHECKPOINT_NAME).is_file() else None
+    start = time.perf_counter()
+    metrics = dict(train_fn(cfg, resume=resume))
+    wall = time.perf_counter() - start  # of this call only when resumed
+    result = {
+        **metrics,
+        "wall_time_s": wall,
+        "resumed": bool(resume),
+        "seed": cfg.train.seed,
+        "study": study.name,
+        "cell": cell.name,
+        "overrides": cell.overrides,
+    }
+    _write_json(metrics_path, result)
+    return result
+
+
+def _default_train() -> TrainFn:
+    from hcral.engine.train import train
+
+    return train
+
+
+def _digits(table: StudyTable) -> int:
+    # COCO metrics here are percentages; a [0, 1] scale from another evaluator needs more.
+    means = [abs(s.mean) for r in table.rows for s in r.metrics.values() if math.isfinite(s.mean)]
+    return 3 if means and max(means) <= 1.0 else 1
+
+
+def run_compare(
+    grid_path: str | Path,
+    seeds: int,
+    out_dir: str | Path,
+    train_fn: TrainFn | None = None,
+    plots: bool = True,
+) -> Path:
+    """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
+
+    Args:
+        grid_path: grid YAML (format in the module docstring).
+        seeds: number of seeds per cell, ≥ 1 (seed k runs with ``train.seed`` + k).
+        out_dir: root of ``<study>/<cell>/seed_<k>/`` run folders and the reports.
+        train_fn: ``train(cfg, resume=None) -> metrics dict``; default
+            :func:`hcral.engine.train.train`. Injected by tests.
+        plots: also write ``<study>/ap_bars.png``.
+    Returns:
+        Path of ``out_dir/results.md`` holding every study's table (each study's table
+        is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
+    """
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    studies = load_grid(grid_path)
+    out = Path(out_dir)
+    train_fn = train_fn or _default_train()
+    parts = [f"# Results of `{Path(grid_path).name}` ({seeds} seed(s) per cell)\n"]
+    for study in studies:
+        runs = {
+            cell.name: [
+                run_cell_seed(study, cell, k, out / study.name / cell.name / f"seed_{k}", train_fn)
+                for k in range(seeds)
+            ]
+            for cell in study.cells
+        }
+        table = summarize_study(study.name, study.reference, runs)
+        text = render_markdown(table, _digits(table))
+        (out / study.name / "table.md").write_text(text)
+        _write_json(out / study.name / "summary.json", _table_dict(table))
+        if plots:
+            from hcral.viz import plot_ap_bars
+
+            plot_ap_bars(table, out / study.name / "ap_bars.png")
+        parts.append(text)
+    result = out / "results.md"
+    result.write_text("\n".join(parts))
+    return result
+
+
+def _table_dict(table: StudyTable) -> dict[str, Any]:
+    return {
+        "study": table.study,
+        "reference": table.reference,
+        "confidence": table.confidence,
+        "rows": [
+            {
+                "cell": r.name,
+                "mark": r.mark,
+                "wall_time_s": r.wall_time_s,
+                "metrics": {m: vars(s) for m, s in r.metrics.items()},
+            }
+            for r in table.rows
+        ],
+    }

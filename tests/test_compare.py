@@ -1,0 +1,388 @@
+"""Grid parsing, statistics, tables and the resumable runner (with a fake train function)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hcral import compare
+from hcral.compare import (
+    Summary,
+    apply_override,
+    cell_config,
+    compare_mark,
+    format_summary,
+    intervals_overlap,
+    load_grid,
+    render_markdown,
+    run_compare,
+    summarize,
+    summarize_study,
+    t_quantile,
+)
+from hcral.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+ABLATIONS = REPO / "configs" / "ablations"
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_summarize_hand_values():
+    # mean 2, deviations -1, 0, 1 -> var (1 + 0 + 1) / 2 = 1, std 1;
+    # t_{0.975, 2} = 4.3027 -> half width 4.3027 / sqrt(3) = 2.4841
+    s = summarize([1.0, 2.0, 3.0])
+    assert (s.n, s.mean, s.std) == (3, 2.0, 1.0)
+    assert s.lo == pytest.approx(2.0 - 2.48414, abs=1e-4)
+    assert s.hi == pytest.approx(2.0 + 2.48414, abs=1e-4)
+
+
+def test_summarize_two_values():
+    # std of (36, 38) = sqrt(2); half width 12.706 * sqrt(2) / sqrt(2) = 12.706
+    s = summarize([36.0, 38.0])
+    assert s.std == pytest.approx(math.sqrt(2))
+    assert s.hi - s.mean == pytest.approx(12.7062, abs=1e-3)
+
+
+def test_summarize_single_seed_has_no_interval():
+    s = summarize([37.5])
+    assert s.n == 1 and s.mean == 37.5
+    assert math.isnan(s.std) and not s.has_interval
+    assert format_summary(s) == "37.5 (n=1)"
+
+
+def test_summarize_empty_raises():
+    with pytest.raises(ValueError, match="values"):
+        summarize([])
+
+
+def test_t_quantile_scipy_and_table_agree(monkeypatch):
+    with_scipy = [t_quantile(df) for df in (1, 2, 4, 9, 30)]
+    assert with_scipy == pytest.approx([12.706, 4.303, 2.776, 2.262, 2.042], abs=1e-3)
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    table = [t_quantile(df) for df in (1, 2, 4, 9, 30)]
+    assert table == pytest.approx(with_scipy, abs=1e-3)
+    assert t_quantile(22) == 2.086  # between rows: the smaller df's (larger) value
+    with pytest.raises(ValueError, match="scipy"):
+        t_quantile(3, confidence=0.9)
+
+
+def test_t_quantile_bad_df():
+    with pytest.raises(ValueError, match="df"):
+        t_quantile(0)
+
+
+def test_intervals_overlap():
+    assert intervals_overlap((0, 1), (0.5, 2))
+    assert intervals_overlap((0, 1), (1, 2))  # touching counts as overlap
+    assert not intervals_overlap((0, 1), (1.01, 2))
+    assert not intervals_overlap((3, 4), (1, 2))
+
+
+def test_compare_mark():
+    ref = Summary(3, 36.0, 0.2, 35.5, 36.5)
+    assert compare_mark(Summary(3, 36.4, 0.2, 36.0, 36.8), ref) == "≈"
+    assert compare_mark(Summary(3, 37.5, 0.2, 37.0, 38.0), ref) == "▲"
+    assert compare_mark(Summary(3, 34.0, 0.2, 33.5, 34.5), ref) == "▼"
+    assert compare_mark(Summary(1, 40.0, math.nan, math.nan, math.nan), ref) == "–"
+
+
+def test_format_summary():
+    assert format_summary(Summary(3, 37.234, 0.31, 36.5, 37.96)) == "37.2 ± 0.3 [36.5, 38.0]"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _runs(values: dict[str, list[float]]) -> dict[str, list[dict]]:
+    return {
+        name: [{"AP": v, "AP50": v + 20, "AP75": v - 1, "wall_time_s": 90.0} for v in vals]
+        for name, vals in values.items()
+    }
+
+
+def test_summarize_study_marks_and_markdown():
+    runs = _runs({"focal": [36.0, 36.2, 36.4], "hcrac": [37.0, 37.2, 37.4], "qfl": [36.1, 36.3]})
+    table = summarize_study("cls", "focal", runs)
+    marks = {r.name: r.mark for r in table.rows}
+    # focal: mean 36.2, std 0.2, half 4.303*0.2/sqrt3 = 0.497 -> [35.70, 36.70];
+    # hcrac: [36.70, 37.70] -> touches 36.70? 36.2+0.4969=36.6969 < 37.2-0.4969=36.7031: ▲
+    assert marks == {"focal": "ref", "hcrac": "▲", "qfl": "≈"}
+    text = render_markdown(table)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| cell"))
+    assert "AP50" in header and "ΔAP" in header
+    hcrac = next(line for line in lines if "`hcrac`" in line)
+    assert "37.2 ± 0.2 [36.7, 37.7]" in hcrac and "+1.0" in hcrac and "1.5 min" in hcrac
+    assert "57.2 ± 0.2" in hcrac  # AP50 column
+    assert hcrac.rstrip(" |").endswith("▲")
+
+
+def test_summarize_study_missing_metric_or_reference():
+    with pytest.raises(ValueError, match="AP75"):
+        summarize_study("s", "a", {"a": [{"AP": 1.0, "AP50": 2.0}]})
+    with pytest.raises(ValueError, match="reference"):
+        summarize_study("s", "zzz", _runs({"a": [1.0]}))
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def base_cfg(tmp_path) -> Path:
+    return _write(
+        tmp_path / "base.yaml",
+        {
+            "model": {"name": "atss", "cls_loss_args": {"mu": 5.0, "theta": 0.7}},
+            "train": {"seed": 10},
+        },
+    )
+
+
+def test_load_grid_product_and_list(tmp_path, base_cfg):
+    grid = _write(
+        tmp_path / "grid.yaml",
+        {
+            "base": "base.yaml",
+            "set": {"train.max_iters": 3},
+            "studies": {
+                "hp": {
+                    "axes": {
+                        "model.cls_loss_args.mu": [3, 5],
+                        "model.cls_loss_args.bins": [10, 20, 30],
+                    },
+                    "reference": "mu=5,bins=20",
+                },
+                "ladder": {
+                    "set": {"train.max_iters": 4},
+                    "cells": [{"name": "A"}, {"name": "B", "set": {"model.assigner": "eatss"}}],
+                },
+            },
+        },
+    )
+    hp, ladder = load_grid(grid)
+    assert hp.base == base_cfg.resolve()
+    assert len(hp.cells) == 6 and hp.reference == "mu=5,bins=20"
+    assert hp.cells[0].name == "mu=3,bins=10"
+    assert hp.cells[0].overrides == {
+        "train.max_iters": 3,
+        "model.cls_loss_args.mu": 3,
+        "model.cls_loss_args.bins": 10,
+    }
+    assert [c.name for c in ladder.cells] == ["A", "B"] and ladder.reference == "A"
+    assert ladder.cells[1].overrides == {"train.max_iters": 4, "model.assigner": "eatss"}
+
+
+def test_cell_config_merges_dict_fields_and_sets_seed(tmp_path, base_cfg):
+    grid = _write(
+        tmp_path / "g.yaml",
+        {"base": "base.yaml", "studies": {"s": {"axes": {"model.cls_loss_args.mu": [3]}}}},
+    )
+    (study,) = load_grid(grid)
+    cfg = cell_config(study, study.cells[0], seed=2, output_dir=tmp_path / "run")
+    assert cfg.model.cls_loss_args == {"mu": 3, "theta": 0.7}  # theta kept from base
+    assert cfg.train.seed == 12 and cfg.train.output_dir == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("studies", "match"),
+    [
+        ({}, "empty"),
+        ({"s": {"axes": {"model.x": [1]}, "cells": [{"name": "a"}]}}, "exactly one"),
+        ({"s": {}}, "exactly one"),
+        ({"s": {"axes": {"model.cls_loss": []}}}, "non-empty list"),
+        ({"s": {"cells": [{"name": "a"}, {"name": "a"}]}}, "duplicate"),
+        ({"s": {"cells": [{"set": {}}]}}, "name"),
+        ({"s": {"cells": [{"name": "a"}], "reference": "b"}}, "reference 'b'"),
+        ({"s": {"cells": [{"name": "a"}], "extra": 1}}, "unknown key"),
+    ],
+)
+def test_load_grid_errors(tmp_path, base_cfg, studies, match):
+    grid = _write(tmp_path / "bad.yaml", {"base": "base.yaml", "studies": studies})
+    with pytest.raises(ValueError, match=match):
+        load_grid(grid)
+
+
+def test_apply_override_errors():
+    raw = {"model": {"name": "atss"}}
+    with pytest.raises(ValueError, match="section.key"):
+        apply_override(raw, "model", 1)
+    with pytest.raises(ValueError, match="not a mapping"):
+        apply_override(raw, "model.name.sub", 1)
+
+
+def test_unknown_config_key_in_cell_is_error(tmp_path, base_cfg):
+    grid = _write(
+        tmp_path / "g.yaml",
+        {"base": "base.yaml", "studies": {"s": {"cells": [{"name": "a", "set": {"model.no": 1}}]}}},
+    )
+    (study,) = load_grid(grid)
+    with pytest.raises(ValueError, match="no"):
+        cell_config(study, study.cells[0], 0, tmp_path)
+
+
+# --------------------------------------------------------------------------- shipped grids
+
+EXPECTED_CELLS = {
+    "cls_losses.yaml": {"retinanet": 5, "atss": 5},
+    "reg_losses.yaml": {"retinanet": 6, "atss": 6},
+    "eatss_l.yaml": {"eatss_l": 4},
+    "ladder.yaml": {"ladder": 4},
+}
+
+
+def _check_losses_build(cfg: Config) -> None:
+    """Each cell's loss arguments are accepted by the criterion it names, where it exists."""
+    from hcral.losses import CLS_LOSSES, REG_LOSSES, build_cls_loss, build_reg_loss
+
+    for table, build, name, args in (
+        (CLS_LOSSES, build_cls_loss, cfg.model.cls_loss, cfg.model.cls_loss_args),
+        (REG_LOSSES, build_reg_loss, cfg.model.reg_loss, cfg.model.reg_loss_args),
+    ):
+        assert name in table, name
+        try:
+            importlib.import_module(f"hcral.losses.{table[name].split(':')[0]}")
+        except ImportError:
+            continue  # that family is not written yet
+        build(name, **args)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in ABLATIONS.glob("*.yaml")))
+def test_shipped_grid_expands_and_every_cell_loads(name, tmp_path):
+    path = ABLATIONS / name
+    assert path.read_text().lstrip().startswith("#"), "grid files document the format on top"
+    studies = load_grid(path)
+    if name in EXPECTED_CELLS:
+        assert {s.name: len(s.cells) for s in studies} == EXPECTED_CELLS[name]
+    defaults = _write(tmp_path / "defaults.yaml", {})
+    for study in studies:
+        # Base configs come from the CLI task; until they exist, check against defaults.
+        if not study.base.is_file():
+            study = dataclasses.replace(study, base=defaults)
+        for cell in study.cells:
+            cfg = cell_config(study, cell, 0, tmp_path / cell.name)
+            for key, value in cell.overrides.items():
+                section, field, *sub = key.split(".")
+                got = getattr(getattr(cfg, section), field)
+                assert (got[sub[0]] if sub else got) == value, (study.name, cell.name, key)
+            _check_losses_build(cfg)
+
+
+def test_hyper_params_grid_covers_every_parameter():
+    studies = {s.name: s for s in load_grid(ABLATIONS / "hyper_params.yaml")}
+    varied = {k.split(".")[-1] for s in studies.values() for c in s.cells for k in c.overrides}
+    assert {"bins", "mu", "theta", "alpha", "ep", "gamma"} <= varied
+    for study in studies.values():  # the reference is the paper's default value
+        ref = next(c for c in study.cells if c.name == study.reference)
+        assert list(ref.overrides.values())[-1] in (20, 5.0, 0.7, -0.1, 0.001, 1.2)
+
+
+def test_ladder_is_cumulative():
+    (ladder,) = load_grid(ABLATIONS / "ladder.yaml")
+    assert [c.name for c in ladder.cells] == ["ATSS", "EATSS", "+HCRAC", "+HCRAR"]
+    for earlier, later in zip(ladder.cells, ladder.cells[1:]):
+        kept = {k: later.overrides.get(k) for k in earlier.overrides}
+        assert kept == earlier.overrides and len(later.overrides) > len(earlier.overrides)
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class FakeTrain:
+    """Deterministic metrics from (mu, seed); records calls; can crash once on demand."""
+
+    def __init__(self, crash_on: tuple[str, int] | None = None):
+        self.calls: list[tuple[str, int, bool | None]] = []
+        self.crash_on = crash_on
+
+    def __call__(self, cfg: Config, resume=None):
+        out = Path(cfg.train.output_dir)
+        key = (out.parent.name, cfg.train.seed)
+        self.calls.append((out.parent.name, cfg.train.seed, resume))
+        if self.crash_on == key:
+            self.crash_on = None
+            (out / compare.CHECKPOINT_NAME).write_bytes(b"ckpt")
+            raise RuntimeError("killed")
+        ap = 30.0 + cfg.model.cls_loss_args.get("mu", 0) + 0.1 * (cfg.train.seed - 10)
+        return {"AP": ap, "AP50": ap + 20, "AP75": ap - 2, "APs": 1.0, "APm": 2.0, "APl": 3.0}
+
+
+def _grid(tmp_path: Path, base_cfg: Path) -> Path:
+    return _write(
+        tmp_path / "grid.yaml",
+        {"base": base_cfg.name, "studies": {"mu": {"axes": {"model.cls_loss_args.mu": [0, 5]}}}},
+    )
+
+
+def test_run_compare_writes_runs_tables_and_plot(tmp_path, base_cfg):
+    fake = FakeTrain()
+    out = tmp_path / "out"
+    result = run_compare(_grid(tmp_path, base_cfg), seeds=2, out_dir=out, train_fn=fake)
+    assert result == out / "results.md"
+    assert sorted(fake.calls) == [
+        ("mu=0", 10, None),
+        ("mu=0", 11, None),
+        ("mu=5", 10, None),
+        ("mu=5", 11, None),
+    ]
+    metrics = json.loads((out / "mu" / "mu=5" / "seed_1" / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(35.1) and metrics["seed"] == 11
+    assert metrics["wall_time_s"] >= 0
+    text = result.read_text()
+    # mu=5 seeds: 35.0, 35.1 -> mean 35.05, std 0.0707, half 12.706*0.0707/sqrt2 = 0.635
+    assert "35.0 ± 0.1 [34.4, 35.7]" in text or "35.1 ± 0.1 [34.4, 35.7]" in text
+    assert "▲" in text  # [34.4, 35.7] lies wholly above mu=0's [29.4, 30.7]
+    assert (out / "mu" / "table.md").read_text() in text
+    summary = json.loads((out / "mu" / "summary.json").read_text())
+    assert summary["rows"][1]["metrics"]["AP"]["mean"] == pytest.approx(35.05)
+    assert (out / "mu" / "ap_bars.png").stat().st_size > 1000
+
+
+def test_run_compare_skips_finished_and_resumes_interrupted(tmp_path, base_cfg):
+    grid, out = _grid(tmp_path, base_cfg), tmp_path / "out"
+    crashing = FakeTrain(crash_on=("mu=5", 10))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_compare(grid, seeds=2, out_dir=out, train_fn=crashing, plots=False)
+    assert len(crashing.calls) == 3  # mu=0 seeds 0, 1 finished; mu=5 seed 0 died
+    again = FakeTrain()
+    run_compare(grid, seeds=2, out_dir=out, train_fn=again, plots=False)
+    assert again.calls == [("mu=5", 10, True), ("mu=5", 11, None)]
+    third = FakeTrain()
+    run_compare(grid, seeds=2, out_dir=out, train_fn=third, plots=False)
+    assert third.calls == []
+
+
+def test_run_compare_single_seed_shows_n1(tmp_path, base_cfg):
+    result = run_compare(_grid(tmp_path, base_cfg), 1, tmp_path / "o", FakeTrain(), plots=False)
+    text = result.read_text()
+    assert "35.0 (n=1)" in text and "[" not in text.split("|---")[1]
+
+
+def test_run_compare_bad_seeds(tmp_path, base_cfg):
+    with pytest.raises(ValueError, match="seeds"):
+        run_compare(_grid(tmp_path, base_cfg), 0, tmp_path / "o", FakeTrain())
+
+
+def test_checkpoint_name_matches_engine():
+    checkpoint = pytest.importorskip("hcral.engine.checkpoint")
+    assert compare.CHECKPOINT_NAME == checkpoint.LAST
