@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from hcral.boxes import clip_boxes
 from hcral.config import Config
 from hcral.engine.distributed import all_gather_object, get_world_size, is_main_process
 from hcral.evaluation import coco_evaluate
@@ -42,10 +43,8 @@ def to_coco_detections(
         ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
     """
     boxes = det["boxes"].detach().float().cpu() / float(target["scale"])  # (K, 4)
-    h, w = target["orig_size"]
     # Resize rounding can push a box a fraction of a pixel past the original border.
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(w))
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(h))
+    boxes = clip_boxes(boxes, tuple(target["orig_size"]))
     xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
     scores = det["scores"].detach().float().cpu().tolist()
     labels = det["labels"].detach().cpu().tolist()
