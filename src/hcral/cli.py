@@ -1,0 +1,230 @@
+"""The ``hcral`` command line: train, eval, predict, data make-sample, compare.
+
+Every sub-command is a thin wrapper: it parses arguments, loads the config and hands
+plain values to the library function that does the work. Heavy imports (torch models,
+pycocotools) happen inside the command so that ``hcral --help`` is instant.
+
+User errors (a bad config key, a missing file, a malformed dataset) are printed as one
+line ``hcral: error: ...`` on stderr with exit status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hcral import __version__
+from hcral.config import ConfigError, load_config
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _pick_device(name: str | None) -> str:
+    if name:
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hcral.engine.train import train
+
+    cfg = load_config(args.config, args.set)
+    result = train(cfg, resume=args.resume)
+    _print_metrics(result)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hcral.data import CocoDetection, build_transforms
+    from hcral.engine.distributed import init_distributed
+    from hcral.engine.evaluate import evaluate
+    from hcral.predict import load_detector
+
+    cfg = load_config(args.config, args.set)
+    info = init_distributed(_pick_device(args.device))
+    transforms = build_transforms(
+        train=False, min_size=cfg.data.min_size, max_size=cfg.data.max_size, flip_prob=0.0
+    )
+    dataset = CocoDetection(
+        cfg.data.val_json, cfg.data.val_images, transforms=transforms, skip_bad=cfg.data.skip_bad
+    )
+    cfg.model.num_classes = len(dataset.class_names)
+    model, _, _ = load_detector(args.checkpoint, cfg)
+    metrics = evaluate(model.to(info.device), dataset, cfg, info.device, args.output_json)
+    _print_metrics(metrics)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hcral.predict import predict
+
+    cfg = load_config(args.config) if args.config else None
+    out = predict(
+        args.checkpoint,
+        args.images,
+        args.out,
+        score_thresh=args.score_thresh,
+        device=_pick_device(args.device),
+        config=cfg,
+    )
+    print(f"wrote {len(args.images)} image(s) and {out.name} to {out.parent}")
+    return 0
+
+
+def cmd_make_sample(args: argparse.Namespace) -> int:
+    from hcral.data import make_sample
+
+    paths = make_sample(
+        args.dir,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        overwrite=args.overwrite,
+    )
+    print(f"sample dataset in {args.dir}:")
+    for key, value in paths.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hcral.compare import run_compare
+
+    report = run_compare(args.grid, seeds=args.seeds, out_dir=args.out)
+    print(f"comparison report: {report}")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{key:<12} {value:8.3f}")
+        else:
+            print(f"{key:<12} {value}")
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override config values, e.g. --set train.lr=0.02 model.backbone=resnet50",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each sub-command stores its handler in ``func``."""
+    # --debug is accepted before or after the sub-command; SUPPRESS keeps a sub-parser
+    # default from overwriting a value given to the main parser.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show full tracebacks on errors",
+    )
+    parser = argparse.ArgumentParser(
+        prog="hcral",
+        parents=[common],
+        description="Dense object detection with HCRAC/HCRAR losses and the EATSS assigner.",
+    )
+    parser.add_argument("--version", action="version", version=f"hcral {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", parents=[common], help="train a detector from a YAML config")
+    p.add_argument("config", type=Path, help="experiment YAML (see configs/)")
+    _add_set(p)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="resume from PATH, or from the run's last.pt when no PATH is given",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common], help="COCO AP of a checkpoint on data.val_json")
+    p.add_argument("config", type=Path, help="experiment YAML")
+    p.add_argument("checkpoint", type=Path, help=".pt checkpoint or .safetensors weights")
+    _add_set(p)
+    p.add_argument(
+        "--output-json",
+        type=Path,
+        default=None,
+        help="also write the detections in COCO results format",
+    )
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", parents=[common], help="draw detections on image files")
+    p.add_argument("checkpoint", type=Path, help=".pt checkpoint or .safetensors weights")
+    p.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="min score drawn (0.3)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config YAML, for weights files that carry no config",
+    )
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", parents=[common], help="dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    q = data_sub.add_parser(
+        "make-sample", parents=[common], help="write the built-in sample dataset (no download)"
+    )
+    q.add_argument("dir", type=Path, help="output directory, e.g. data/sample")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--num-train", type=int, default=480, help="training images (480)")
+    q.add_argument("--num-val", type=int, default=120, help="validation images (120)")
+    q.add_argument("--image-size", type=int, default=256, help="square image side (256)")
+    q.add_argument(
+        "--overwrite", action="store_true", help="replace a different dataset already in DIR"
+    )
+    q.set_defaults(func=cmd_make_sample)
+
+    p = sub.add_parser("compare", parents=[common], help="run an ablation grid over seeds")
+    p.add_argument("grid", type=Path, help="grid YAML (see configs/ablations/)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per grid cell (3)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"hcral: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    debug = getattr(args, "debug", False)
+    try:
+        return func(args)
+    except (ConfigError, ValueError, OSError) as e:
+        if debug:
+            raise
+        # One line: multi-line messages (YAML parser errors) are joined.
+        return _fail(" ".join(str(e).split()))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("hcral: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
