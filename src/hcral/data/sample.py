@@ -16,16 +16,20 @@ already installed with scikit-learn:
   that is not flat".
 
 Defaults (``make_sample(out_dir)``): 480 train and 120 val images of 256×256; each
-image holds 1–6 digits (about 5% hold none: negatives) whose boxes range from about
-8 to 128 px on a side (log-uniform, so small, medium and large objects in COCO's sense
-all occur); digits may overlap up to IoU 0.3 (later ones drawn on top); no crowd
-annotations. Category ids are non-contiguous (1, 3, ..., 11, names "zero".."five")
-so that the label ↔ category mapping is exercised. Generation takes a few seconds and
-is deterministic: the same seed gives byte-identical files (each image draws from its
-own RNG seeded by ``(seed, split, index)``, so sizes of the splits do not interact).
+image holds 1–6 digits (about 5% hold none: negatives); digits may overlap up to IoU
+0.3 (later ones drawn on top); no crowd annotations. Category ids are non-contiguous
+(1, 3, ..., 11, names "zero".."five") so that the label ↔ category mapping is
+exercised. With seed 0 this gives 1646 train objects (25 empty images) and 389 val
+objects (7 empty), about 270 per class in train; box heights 10–128 px, widths 3–122
+px (a "one" is thin), log-uniform sizes, so COCO small/medium/large = 868/702/76 in
+train. Generation takes ~4.5 s on one CPU core (PNG encoding dominates) and writes
+~65 MB. It is deterministic: the same seed gives byte-identical files (each image
+draws from its own RNG seeded by ``(seed, split, index)``, so split sizes do not
+interact), given the same Pillow/zlib build.
 
-Sized so a small FCOS+ATSS (ResNet-18, 64–128 FPN channels, 256–320 px inputs) learns
-visibly within about 15 minutes on 2 CPU cores.
+The size is chosen for the design target: a small FCOS+ATSS (ResNet-18, 64–128 FPN
+channels, 256–320 px inputs) should learn visibly within about 15 minutes on 2 CPU
+cores (a few epochs of 480 images at roughly 0.1–0.2 s per image per step).
 
 Layout::
 
