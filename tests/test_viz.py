@@ -1,0 +1,190 @@
+"""Figures: weight-function values against SPEC at hand points, PNGs written, score/IoU pairs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hcral import viz
+from hcral.compare import CellSummary, StudyTable, Summary
+
+
+def _at(curve: tuple[np.ndarray, np.ndarray], x: float) -> float:
+    xs, ys = curve
+    i = int(np.argmin(np.abs(xs - x)))
+    assert abs(xs[i] - x) < 1e-9, f"{x} is not a grid point"
+    return float(ys[i])
+
+
+@pytest.fixture(scope="module")
+def curves():
+    return viz.weight_function_curves(num=401)  # grid step 1/400 on [0, 1], 1.5/400 on gap
+
+
+def test_omega_curve_matches_eq3(curves):
+    pos, neg = curves["omega"]["positives"], curves["omega"]["negatives"]
+    assert _at(pos, 0.5) == pytest.approx(1.5)
+    assert _at(pos, 1.0) == pytest.approx(2.0)
+    assert _at(neg, 0.5) == pytest.approx(1.5)  # below θ: 1 + u
+    assert _at(neg, 0.7) == pytest.approx(1.7)  # peak 1 + θ
+    assert _at(neg, 0.85) == pytest.approx(1.7 * 0.15 / 0.3, rel=1e-5)  # (1+θ)(1-u)/(1-θ)
+    assert _at(neg, 1.0) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rho_curve_matches_eq5(curves):
+    (rho,) = curves["rho"].values()
+    assert _at(rho, 0.25) == pytest.approx(math.exp(1.25) - 1, rel=1e-5)
+    assert _at(rho, 1.0) == pytest.approx(math.exp(5.0) - 1, rel=1e-5)
+    x, y = rho
+    assert np.all(y[x <= 0] == 0)  # score at or above the IoU: no weight
+
+
+def test_focusing_curve_matches_eq7(curves):
+    (f,) = curves["focusing"].values()
+    x, y = f
+    assert _at(f, 0.0) == pytest.approx(1.0) and _at(f, 1.0) == pytest.approx(1.0)
+    # peak δ = 1.5 at u* = 1 / (1 + γ) = 0.4545...
+    assert y.max() == pytest.approx(1.5, abs=1e-4)
+    assert x[np.argmax(y)] == pytest.approx(1 / 2.2, abs=2.5e-3)
+    u = 0.25  # hand value: φ = 0.25 · 0.75^1.2 / (u* (1 - u*)^1.2)
+    u_star = 1 / 2.2
+    phi = u * 0.75**1.2 / (u_star * (1 - u_star) ** 1.2)
+    assert _at(f, u) == pytest.approx(1 + 0.5 * phi, rel=1e-5)
+
+
+def test_r_curve_matches_eq8(curves):
+    r = curves["r"]
+    assert set(r) == {"IoU=0.1", "IoU=0.3", "IoU=0.5", "IoU=0.7", "IoU=0.9"}
+    assert _at(r["IoU=0.3"], 0.5) == pytest.approx((0.5 + 0.1 + 1e-3) / (0.3 + 1e-3), rel=1e-5)
+    # r = 1 exactly on the line s = u + α (α = -0.1): s = 0.6 for IoU 0.7
+    assert _at(r["IoU=0.7"], 0.6) == pytest.approx(1.0, rel=1e-5)
+
+
+def _capture(monkeypatch) -> list:
+    figs = []
+    real_save = viz._save
+
+    def save(fig, out_png):
+        figs.append(fig)
+        real_save(fig, out_png)
+
+    monkeypatch.setattr(viz, "_save", save)
+    return figs
+
+
+def test_plot_weight_functions_writes_png_of_the_curves(tmp_path, monkeypatch):
+    figs = _capture(monkeypatch)
+    out = tmp_path / "sub" / "w.png"
+    curves = viz.plot_weight_functions(out, theta=0.6)
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+    omega_ax = figs[0].axes[0]
+    neg = next(line for line in omega_ax.get_lines() if line.get_label() == "negatives")
+    assert np.allclose(neg.get_ydata(), curves["omega"]["negatives"][1])
+    assert _at(curves["omega"]["negatives"], 0.6) == pytest.approx(1.6)  # θ was forwarded
+    assert "θ=0.6" in omega_ax.get_title()
+
+
+def test_plot_score_vs_iou(tmp_path):
+    out = tmp_path / "scatter.png"
+    rng = np.random.default_rng(0)
+    u = rng.uniform(0, 1, 300)
+    viz.plot_score_vs_iou({"baseline": (u * 0.5, u), "HCRAL": (torch.tensor(u), u)}, out)
+    assert out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="baseline"):
+        viz.plot_score_vs_iou({"baseline": (u[:3], u)}, out)
+    with pytest.raises(ValueError, match="pairs_by_name"):
+        viz.plot_score_vs_iou({}, out)
+
+
+def _table() -> StudyTable:
+    rows = [
+        CellSummary("FL", {"AP": Summary(3, 36.0, 0.2, 35.5, 36.5)}, 60.0, "ref"),
+        CellSummary("HCRAC", {"AP": Summary(3, 37.0, 0.3, 36.3, 37.7)}, 60.0, "▲"),
+        CellSummary("QFL", {"AP": Summary(1, 36.2, math.nan, math.nan, math.nan)}, 60.0, "–"),
+    ]
+    return StudyTable("cls", "FL", rows)
+
+
+def test_plot_ap_bars_heights_and_error_bars(tmp_path, monkeypatch):
+    figs = _capture(monkeypatch)
+    out = tmp_path / "bars.png"
+    viz.plot_ap_bars(_table(), out)
+    assert out.stat().st_size > 5_000
+    ax = figs[0].axes[0]
+    assert [p.get_height() for p in ax.patches] == pytest.approx([36.0, 37.0, 36.2])
+    # error bar segments: (x, mean - err) -> (x, mean + err); err = hi - mean, 0 for n = 1
+    (segments,) = [c.get_segments() for c in ax.collections]
+    spans = [seg[1][1] - seg[0][1] for seg in segments]
+    assert spans == pytest.approx([1.0, 1.4, 0.0])
+    assert [t.get_text() for t in ax.texts] == ["ref", "▲", "–"]
+
+
+def test_plot_ap_bars_empty_table(tmp_path):
+    with pytest.raises(ValueError, match="no rows"):
+        viz.plot_ap_bars(StudyTable("s", "a", []), tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------- score / IoU
+
+
+class FixedDetector(nn.Module):
+    """Returns the same detections for every image (inference interface only)."""
+
+    def forward(self, images, image_sizes):
+        dev = images.device
+        boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 20], [50, 50, 60, 60.0]], device=dev)
+        scores = torch.tensor([0.9, 0.6, 0.8], device=dev)
+        labels = torch.tensor([0, 0, 1], device=dev)
+        return [{"boxes": boxes, "scores": scores, "labels": labels} for _ in image_sizes]
+
+
+def test_collect_score_iou_detections(device):
+    target = {"boxes": torch.tensor([[0, 0, 10, 10.0], [50, 50, 60, 60.0]]), "labels": [0, 0]}
+    data = [(torch.zeros(3, 64, 80), target)] * 3
+    scores, ious = viz.collect_score_iou(FixedDetector(), data, device, max_images=2)
+    # det 0: IoU 1 with GT 0; det 1: IoU 100/200 = 0.5 (kept, ≥ 0.5); det 2: class 1, no
+    # GT of its class -> dropped although it overlaps GT 1 perfectly. Two images.
+    assert scores.tolist() == pytest.approx([0.9, 0.6] * 2)
+    assert ious.tolist() == pytest.approx([1.0, 0.5] * 2)
+    scores, _ = viz.collect_score_iou(FixedDetector(), data, device, mode="detections", min_iou=0.6)
+    assert scores.tolist() == pytest.approx([0.9] * 3)
+    with pytest.raises(ValueError, match="DenseDetector"):
+        viz.collect_score_iou(FixedDetector(), data, device, mode="assigned")
+    with pytest.raises(ValueError, match="mode"):
+        viz.collect_score_iou(FixedDetector(), data, device, mode="nope")
+
+
+def test_collect_score_iou_assigned_uses_the_assigner(device):
+    build = pytest.importorskip("hcral.models.build")
+    from hcral.config import ModelConfig
+
+    cfg = ModelConfig(name="retinanet", num_classes=2, fpn_channels=64, num_convs=1)
+    try:
+        model = build.build_model(cfg).to(device)
+    except (ImportError, ValueError) as e:  # parts written by other tasks may be missing
+        pytest.skip(f"retinanet not buildable yet: {e}")
+    # A 64×64 box at (32, 32): RetinaNet anchors at stride 8..16 overlap it with IoU > 0.5.
+    target = {"boxes": torch.tensor([[32.0, 32.0, 96.0, 96.0]]), "labels": torch.tensor([1])}
+    data = [(torch.rand(3, 250, 256), target)]
+    scores, ious = viz.collect_score_iou(model, data, device)
+    assert len(scores) == len(ious) >= 1
+    assert np.all((scores > 0) & (scores < 1)) and np.all((ious >= 0) & (ious <= 1))
+    # Same model, detection matching instead: a different, independent path still runs.
+    viz.collect_score_iou(model, data, device, mode="detections", min_iou=0.0)
+
+
+def test_make_figures_script_writes_weight_figure(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_figures.py"
+    spec = importlib.util.spec_from_file_location("make_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--out", str(tmp_path)])
+    assert (tmp_path / "weight_functions.png").stat().st_size > 10_000
+    assert not (tmp_path / "score_vs_iou.png").exists()  # no --run given
