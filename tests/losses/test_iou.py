@@ -223,6 +223,31 @@ def test_wise_iou_momentum():
         wise_iou_momentum(0)
 
 
+def test_losses_bounded_for_any_corner_order():
+    # ρ ≤ c must hold for inverted boxes too (they collapse to a point at their centre):
+    # otherwise ρ²/c² is unbounded (hcral.boxes builds c from raw corners).
+    g = torch.Generator().manual_seed(1)
+    pred = (torch.rand(2000, 4, generator=g) * 20).requires_grad_()
+    target = torch.rand(2000, 4, generator=g) * 20
+    bounds = [
+        (giou_loss(pred, target), 2.0),
+        (diou_loss(pred, target), 2.0),
+        (eiou_loss(pred, target), 4.0),  # 1 - IoU + three ratios each ≤ 1
+        (wise_iou_loss(pred, target, 1), math.e),
+    ]
+    for loss, hi in bounds:
+        assert loss.min() >= -1e-6 and loss.max() <= hi + 1e-5
+    (g_pred,) = torch.autograd.grad(sum(b[0].sum() for b in bounds), pred)
+    assert g_pred.abs().max() < 1e3
+
+
+def test_inverted_box_is_its_centre_point():
+    inverted = torch.tensor([[6.0, 6.0, 4.0, 4.0]])  # centre (5, 5)
+    point = torch.tensor([[5.0, 5.0, 5.0, 5.0]])
+    for fn in (giou_loss, diou_loss, ciou_loss, eiou_loss):
+        torch.testing.assert_close(fn(inverted, A), fn(point, A))
+
+
 def test_criterion_weight_avg_factor_loss_weight(device):
     pred = torch.cat((A, W)).to(device).requires_grad_()
     target = torch.cat((C, S)).to(device)

@@ -30,7 +30,9 @@ from hcral.boxes import (
     aligned_giou,
     aligned_iou,
     centre_distance_sq,
+    cxcywh_to_xyxy,
     enclosing_diag_sq,
+    xyxy_to_cxcywh,
 )
 from hcral.losses._reduce import (
     check_pair,
@@ -39,6 +41,7 @@ from hcral.losses._reduce import (
     normalise,
     reduce_loss,
     safe_pow,
+    to_float,
 )
 from hcral.losses._state import RunningStat
 
@@ -64,9 +67,22 @@ ALPHA_IOU_PENALTIES = ("iou", "giou", "diou", "ciou")
 WISE_IOU_VERSIONS = (1, 2, 3)
 
 
-def _check(pred_boxes: Tensor, target_boxes: Tensor, reduction: str) -> None:
+def _collapse_inverted(boxes: Tensor) -> Tensor:
+    """Map a box with ``x2 < x1`` (or ``y2 < y1``) to the zero-width box at its centre.
+
+    hcral.boxes already gives such a box zero area, but builds the enclosing box from
+    its raw corners, which then need not contain its centre: ρ²/c² becomes unbounded
+    (1e5 for a 0.5 px inverted box) and so do the DIoU/CIoU/EIoU/Wise-IoU losses and
+    their gradients. Valid boxes pass through unchanged (up to rounding).
+    """
+    cxcywh = xyxy_to_cxcywh(to_float(boxes))
+    return cxcywh_to_xyxy(torch.cat((cxcywh[..., :2], cxcywh[..., 2:].clamp(min=0)), dim=-1))
+
+
+def _prepare(pred_boxes: Tensor, target_boxes: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
     check_pair(pred_boxes, target_boxes, ("pred_boxes", "target_boxes"), last=4)
     check_reduction(reduction)
+    return _collapse_inverted(pred_boxes), _collapse_inverted(target_boxes)
 
 
 def giou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none") -> Tensor:
@@ -78,7 +94,7 @@ def giou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none")
     Returns:
         ``(...)`` for ``"none"``, else a scalar.
     """
-    _check(pred_boxes, target_boxes, reduction)
+    pred_boxes, target_boxes = _prepare(pred_boxes, target_boxes, reduction)
     return reduce_loss(1 - aligned_giou(pred_boxes, target_boxes), reduction)
 
 
@@ -87,7 +103,7 @@ def diou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none")
 
     Args and Returns as :func:`giou_loss`.
     """
-    _check(pred_boxes, target_boxes, reduction)
+    pred_boxes, target_boxes = _prepare(pred_boxes, target_boxes, reduction)
     return reduce_loss(1 - aligned_diou(pred_boxes, target_boxes), reduction)
 
 
@@ -96,7 +112,7 @@ def ciou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none")
 
     Args and Returns as :func:`giou_loss`.
     """
-    _check(pred_boxes, target_boxes, reduction)
+    pred_boxes, target_boxes = _prepare(pred_boxes, target_boxes, reduction)
     return reduce_loss(1 - aligned_ciou(pred_boxes, target_boxes), reduction)
 
 
@@ -105,7 +121,7 @@ def eiou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none")
 
     Args and Returns as :func:`giou_loss`.
     """
-    _check(pred_boxes, target_boxes, reduction)
+    pred_boxes, target_boxes = _prepare(pred_boxes, target_boxes, reduction)
     return reduce_loss(1 - aligned_eiou(pred_boxes, target_boxes), reduction)
 
 
@@ -132,7 +148,7 @@ def focal_eiou_loss(
     Returns:
         ``(...)`` for ``"none"``, else a scalar.
     """
-    _check(pred_boxes, target_boxes, reduction)
+    pred_boxes, target_boxes = _prepare(pred_boxes, target_boxes, reduction)
     if not gamma >= 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     iou = aligned_iou(pred_boxes, target_boxes)
@@ -183,7 +199,7 @@ def alpha_iou_loss(
     Returns:
         ``(...)`` for ``"none"``, else a scalar.
     """
-    _check(pred_boxes, target_boxes, reduction)
+    pred_boxes, target_boxes = _prepare(pred_boxes, target_boxes, reduction)
     _check_alpha_iou(alpha, penalty)
     iou = aligned_iou(pred_boxes, target_boxes)
     loss = 1 - safe_pow(iou, alpha) + _alpha_penalty(pred_boxes, target_boxes, iou, penalty, alpha)
@@ -243,7 +259,7 @@ def wise_iou_loss(
     Returns:
         ``(...)`` for ``"none"``, else a scalar.
     """
-    _check(pred_boxes, target_boxes, reduction)
+    pred_boxes, target_boxes = _prepare(pred_boxes, target_boxes, reduction)
     _check_wise(version, gamma, alpha, delta)
     if version > 1 and iou_loss_mean is None:
         raise ValueError(f"iou_loss_mean is required for Wise-IoU v{version}")
