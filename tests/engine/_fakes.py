@@ -136,6 +136,7 @@ def main() -> None:
         args.out_dir, epochs=args.epochs, batch_size=args.batch_size, max_iters=args.max_iters
     )
     rank = int(os.environ.get("RANK", "0"))
+    torch.manual_seed(0)  # train() seeds only what it builds itself
     model = ToyDetector(step_sleep=args.sleep, fail_at_call=2 if rank == args.fail_rank else 0)
     result = train(cfg, model=model, train_set=ToyDataset(args.images, not args.no_augment))
     if rank == 0:

@@ -12,6 +12,7 @@ order of images still matches, but the workers' augmentation RNG restarts.)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -420,6 +421,18 @@ def _run_evaluation(
     return {k: float(v) for k, v in metrics.items()}
 
 
+def _wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    ids = [device.index] if device.type == "cuda" else None
+    # RunningStat buffers sync themselves and frozen BatchNorm statistics do not change,
+    # so re-broadcasting every buffer before each forward would be wasted traffic.
+    # (torch >= 2.14 renamed the switch; both keep the one-off sync at construction.)
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=False, **{key: False}
+    )
+
+
 def _build_optimizer(model: nn.Module, tcfg: TrainConfig) -> torch.optim.SGD:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -513,9 +526,7 @@ def _train(
         model = build_model(cfg.model)
     bare = model.to(info.device)
     if info.world_size > 1:
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        # RunningStat buffers sync themselves; broadcasting all buffers each step is waste
-        model = DistributedDataParallel(bare, device_ids=ids, broadcast_buffers=False)
+        model = _wrap_ddp(bare, info.device)
     optimizer = _build_optimizer(bare, tcfg)
     scaler = torch.amp.GradScaler("cuda", enabled=tcfg.amp and info.device.type == "cuda")
     ipe = iters_per_epoch(len(train_set), tcfg.batch_size, info.world_size)
