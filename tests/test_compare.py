@@ -372,6 +372,26 @@ def test_run_compare_skips_finished_and_resumes_interrupted(tmp_path, base_cfg):
     assert third.calls == []
 
 
+def test_run_compare_stopped_run_is_resumed_not_counted(tmp_path, base_cfg):
+    grid, out = _grid(tmp_path, base_cfg), tmp_path / "out"
+
+    def stopped(cfg, resume=None):
+        (Path(cfg.train.output_dir) / compare.CHECKPOINT_NAME).write_bytes(b"ckpt")
+        return {"interrupted": True, "iterations": 3}  # what the engine returns on SIGINT
+
+    with pytest.raises(compare.CompareInterrupted, match="rerun"):
+        run_compare(grid, seeds=1, out_dir=out, train_fn=stopped, plots=False)
+    assert not (out / "mu" / "mu=0" / "seed_0" / "metrics.json").exists()
+    again = FakeTrain()
+    run_compare(grid, seeds=1, out_dir=out, train_fn=again, plots=False)
+    assert again.calls[0] == ("mu=0", 10, True)
+
+
+def test_run_compare_train_without_ap_is_error(tmp_path, base_cfg):
+    with pytest.raises(ValueError, match="AP"):
+        run_compare(_grid(tmp_path, base_cfg), 1, tmp_path / "o", lambda cfg, resume: {})
+
+
 def test_run_compare_single_seed_shows_n1(tmp_path, base_cfg):
     result = run_compare(_grid(tmp_path, base_cfg), 1, tmp_path / "o", FakeTrain(), plots=False)
     text = result.read_text()
@@ -386,3 +406,46 @@ def test_run_compare_bad_seeds(tmp_path, base_cfg):
 def test_checkpoint_name_matches_engine():
     checkpoint = pytest.importorskip("hcral.engine.checkpoint")
     assert compare.CHECKPOINT_NAME == checkpoint.LAST
+
+
+@pytest.mark.slow
+def test_run_compare_with_the_real_engine(tmp_path):
+    """Two cells × 2 seeds of a few iterations each on a tiny generated sample set."""
+    sample = pytest.importorskip("hcral.data.sample")
+    pytest.importorskip("hcral.engine.train")
+    data = tmp_path / "data"
+    sample.make_sample(data, num_train=8, num_val=4, image_size=128)
+    grid = _write(
+        tmp_path / "grid.yaml",
+        {
+            "base": str(REPO / "configs" / "atss_focal_giou.yaml"),
+            "set": {
+                "data.train_json": str(data / "annotations" / "train.json"),
+                "data.train_images": str(data / "train"),
+                "data.val_json": str(data / "annotations" / "val.json"),
+                "data.val_images": str(data / "val"),
+                "data.min_size": [128],
+                "data.max_size": 128,
+                "train.epochs": 1,
+                "train.max_iters": 2,
+                "train.batch_size": 2,
+                "train.amp": False,
+                "model.fpn_channels": 32,
+                "model.num_convs": 1,
+            },
+            "studies": {"cls": {"cells": [
+                {"name": "FL"},
+                {"name": "HCRAC", "set": {"model.cls_loss": "hcrac", "model.cls_loss_args": {}}},
+            ]}},
+        },
+    )  # fmt: skip
+    result = run_compare(grid, seeds=2, out_dir=tmp_path / "out")
+    text = result.read_text()
+    assert "`FL`" in text and "`HCRAC`" in text
+    for cell in ("FL", "HCRAC"):
+        for k in (0, 1):
+            metrics = json.loads(
+                (tmp_path / "out" / "cls" / cell / f"seed_{k}" / "metrics.json").read_text()
+            )
+            assert metrics["iterations"] == 2 and "AP" in metrics
+    assert (tmp_path / "out" / "cls" / "ap_bars.png").stat().st_size > 1000

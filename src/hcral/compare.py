@@ -382,6 +382,10 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+class CompareInterrupted(RuntimeError):
+    """A run was stopped (signal) before it finished; rerunning the grid resumes it."""
+
+
 def run_cell_seed(
     study: Study, cell: Cell, seed: int, run_dir: Path, train_fn: TrainFn
 ) -> dict[str, Any]:
@@ -395,6 +399,12 @@ def run_cell_seed(
     start = time.perf_counter()
     metrics = dict(train_fn(cfg, resume=resume))
     wall = time.perf_counter() - start  # of this call only when resumed
+    if metrics.get("interrupted"):
+        # No metrics.json: the rerun must resume this run, not count it as finished.
+        raise CompareInterrupted(f"{run_dir}: training was stopped; rerun to resume it")
+    missing = [m for m in TABLE_METRICS if m not in metrics]
+    if missing:
+        raise ValueError(f"{run_dir}: train returned no {missing}; got keys {sorted(metrics)}")
     result = {
         **metrics,
         "wall_time_s": wall,
