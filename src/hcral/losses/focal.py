@@ -56,11 +56,11 @@ def sigmoid_focal_loss(
     _check_focal_params(alpha, gamma)
     x, t = to_float(inputs), to_float(targets).to(to_float(inputs).dtype)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    # 1 - p_t written with sigmoid(-x) rather than 1 - sigmoid(x): exact when p ≈ 1.
-    one_minus_pt = x.sigmoid() * (1 - t) + (-x).sigmoid() * t
-    loss = ce * safe_pow(one_minus_pt, gamma)
+    p = x.sigmoid()
+    # 1 - p_t = p (1 - t) + (1 - p) t, folded to save passes over the (P, C) tensor.
+    loss = ce * safe_pow(p + t * (1 - 2 * p), gamma)
     if alpha is not None and alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+        loss = loss * ((1 - alpha) + (2 * alpha - 1) * t)  # α t + (1 - α)(1 - t)
     return reduce_loss(loss, reduction)
 
 

@@ -29,10 +29,9 @@ from hcral.boxes import (
     aligned_eiou,
     aligned_giou,
     aligned_iou,
+    box_centers,
     centre_distance_sq,
-    cxcywh_to_xyxy,
     enclosing_diag_sq,
-    xyxy_to_cxcywh,
 )
 from hcral.losses._reduce import (
     check_pair,
@@ -73,10 +72,13 @@ def _collapse_inverted(boxes: Tensor) -> Tensor:
     hcral.boxes already gives such a box zero area, but builds the enclosing box from
     its raw corners, which then need not contain its centre: ρ²/c² becomes unbounded
     (1e5 for a 0.5 px inverted box) and so do the DIoU/CIoU/EIoU/Wise-IoU losses and
-    their gradients. Valid boxes pass through unchanged (up to rounding).
+    their gradients. Valid boxes pass through bit for bit (their corners bracket the centre).
     """
-    cxcywh = xyxy_to_cxcywh(to_float(boxes))
-    return cxcywh_to_xyxy(torch.cat((cxcywh[..., :2], cxcywh[..., 2:].clamp(min=0)), dim=-1))
+    boxes = to_float(boxes)
+    centre = box_centers(boxes)
+    lt = torch.minimum(boxes[..., :2], centre)
+    rb = torch.maximum(boxes[..., 2:], centre)
+    return torch.cat((lt, rb), dim=-1)
 
 
 def _prepare(pred_boxes: Tensor, target_boxes: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
