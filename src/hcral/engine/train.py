@@ -456,9 +456,13 @@ def _end_epoch(
         _save(out_dir, f"epoch_{k}.pt", parts, state, cfg, lr)
 
 
-def _write_json(path: Path, obj: Any, mode: str = "w") -> None:
+def _write_json(path: Path, obj: dict[str, Any], mode: str = "w") -> None:
+    # NaN (e.g. AP of an absent size range) is not JSON; null keeps the file standard
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in obj.items()
+    }
     with path.open(mode) as f:
-        f.write(json.dumps(obj, sort_keys=True) + ("\n" if mode == "a" else ""))
+        f.write(json.dumps(clean, sort_keys=True) + ("\n" if mode == "a" else ""))
 
 
 def train(
