@@ -70,8 +70,13 @@ class Scale(nn.Module):
 
 
 def _norm_groups(channels: int) -> int:
-    # 32 groups as in the papers; narrower test models fall back to a divisor of channels.
-    return math.gcd(32, channels)
+    """32 groups as in the papers (8 channels each at width 256); narrower heads keep
+    ≥ 8 channels per group, so a single image's 1×1 P7 still normalises over several
+    values instead of one (which GroupNorm rejects in training)."""
+    groups = min(32, max(channels // 8, 1))
+    while channels % groups:
+        groups -= 1
+    return groups
 
 
 def conv_gn_relu(channels: int) -> nn.Sequential:
