@@ -119,6 +119,35 @@ def toy_config(out_dir: str, **train: Any) -> Config:
     return cfg
 
 
+def tiny_real_config(
+    paths: dict[str, str], out_dir: str, epochs: int, batch_size: int, pretrained: str | None
+) -> Config:
+    """A small FCOS+ATSS (ResNet-18, 32 FPN channels) on 128-px sample images."""
+    cfg = Config()
+    for key, value in paths.items():
+        setattr(cfg.data, key, value)
+    cfg.data.min_size, cfg.data.max_size, cfg.data.flip_prob = [128], 128, 0.0
+    cfg.model.backbone, cfg.model.fpn_channels, cfg.model.num_convs = "resnet18", 32, 2
+    cfg.model.pretrained = pretrained  # pretrained => FrozenBatchNorm: images independent
+    t = cfg.train
+    t.output_dir, t.epochs, t.batch_size, t.base_batch_size = out_dir, epochs, batch_size, 4
+    t.warmup_iters, t.log_every, t.amp = 10, 1, False
+    return cfg
+
+
+def _train_real(args: argparse.Namespace) -> None:
+    from hcral.data.sample import make_sample
+    from hcral.engine.train import train
+
+    # the test creates the data first, so ranks never write it concurrently
+    paths = make_sample(args.sample, num_train=args.images, num_val=2, image_size=128)
+    cfg = tiny_real_config(paths, args.out_dir, args.epochs, args.batch_size, args.pretrained)
+    cfg.train.max_iters = args.max_iters
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("RESULT " + json.dumps(result), flush=True)
+
+
 def main() -> None:
     from hcral.engine.train import train
 
@@ -131,7 +160,12 @@ def main() -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--fail-rank", type=int, default=-1)
+    p.add_argument("--pretrained", help="backbone weights file (real model only)")
+    p.add_argument("--sample", help="train the real tiny FCOS+ATSS on make_sample data here")
     args = p.parse_args()
+    if args.sample:
+        _train_real(args)
+        return
     cfg = toy_config(
         args.out_dir, epochs=args.epochs, batch_size=args.batch_size, max_iters=args.max_iters
     )

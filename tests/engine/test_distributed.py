@@ -94,3 +94,27 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(tmp_path):
         for x, y in zip(a, b):  # later steps: same updates up to summation order
             assert y[key] == pytest.approx(x[key], rel=1e-4)
     assert json.loads(two.stdout.split("RESULT ", 1)[1])["iterations"] == 6
+
+
+@pytest.mark.slow
+def test_real_fcos_atss_two_ranks_first_step_matches_one_process(tmp_path):
+    import torchvision
+
+    from hcral.data.sample import make_sample
+
+    make_sample(tmp_path / "data", num_train=8, num_val=2, image_size=128)
+    # Any "pretrained" file switches the backbone to FrozenBatchNorm; with trainable
+    # BatchNorm each rank would normalise its own two images (SyncBatchNorm is CUDA-only).
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    common = ["--sample", str(tmp_path / "data"), "--images", "8", "--max-iters", "2"]
+    common += ["--pretrained", str(weights)]
+    one, _ = _torchrun(1, [str(tmp_path / "one"), "--batch-size", "4", *common], timeout=500)
+    two, _ = _torchrun(2, [str(tmp_path / "two"), "--batch-size", "2", *common], timeout=500)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = read_csv(tmp_path / "one/log.csv")[0], read_csv(tmp_path / "two/log.csv")[0]
+    loss_keys = [k for k in a if k.startswith("loss")]
+    assert len(loss_keys) >= 3  # the terms and their sum
+    for key in loss_keys:
+        assert b[key] == pytest.approx(a[key], rel=1e-4), key

@@ -421,6 +421,26 @@ def _run_evaluation(
     return {k: float(v) for k, v in metrics.items()}
 
 
+def _sync_batchnorm(model: nn.Module, info: du.DistInfo) -> nn.Module:
+    """Under DDP on CUDA, share BatchNorm batch statistics across ranks (SyncBatchNorm).
+
+    Trainable BatchNorm (backbones trained from scratch) would otherwise normalise each
+    rank's few images on their own, so the result would depend on the number of GPUs.
+    SyncBatchNorm needs CUDA; on CPU the statistics stay per rank, with a warning.
+    """
+    trainable_bn = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+        for m in model.modules()
+    )
+    if info.world_size == 1 or not trainable_bn:
+        return model
+    if info.device.type == "cuda":
+        log.info("converting BatchNorm to SyncBatchNorm across %d ranks", info.world_size)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    log.warning("BatchNorm statistics are per rank: SyncBatchNorm needs CUDA")
+    return model
+
+
 def _wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     ids = [device.index] if device.type == "cuda" else None
     # RunningStat buffers sync themselves and frozen BatchNorm statistics do not change,
@@ -528,7 +548,7 @@ def _train(
         from hcral.models import build_model
 
         model = build_model(cfg.model)
-    bare = model.to(info.device)
+    bare = _sync_batchnorm(model, info).to(info.device)
     if info.world_size > 1:
         model = _wrap_ddp(bare, info.device)
     optimizer = _build_optimizer(bare, tcfg)
