@@ -1,0 +1,203 @@
+"""ATSS assignment (Zhang et al. 2020), vectorised over images and ground truths.
+
+For every GT ``g`` (SPEC §4 step 1):
+
+1. candidates: the ``topk`` (9) priors of each level nearest to ``g``'s centre
+   (``min(topk, R_l)`` on a level with fewer priors). Distance ties go to the lower
+   prior index, so the result is deterministic on every device;
+2. ``t_g = mean + std`` of the candidates' IoUs with ``g``; like mmdet, ``std`` is the
+   unbiased one (``n − 1``), taken as 0 when there is a single candidate. The
+   statistics are computed in float64 so that they do not depend on summation order;
+3. positives: candidates with ``IoU ≥ t_g`` whose centre lies inside ``g`` by more than
+   ``INSIDE_EPS`` = 0.01 px on every side (mmdet's margin);
+4. a prior claimed by several GTs goes to the one of highest IoU (lowest GT index on
+   ties).
+
+GTs are processed in chunks (``chunk_size``); the result does not depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hcral.assigners.max_iou import AssignInputs, finalize, gt_chunks, merge_claims, prepare_inputs
+from hcral.assigners.result import AssignResult
+from hcral.boxes import aligned_iou, box_centers
+
+__all__ = ["INSIDE_EPS", "atss_assign", "centre_distance", "centre_inside"]
+
+INSIDE_EPS = 0.01
+
+
+def centre_distance(points: Tensor, centres: Tensor) -> Tensor:
+    """Euclidean distance of broadcastable ``(..., 2)`` points, ``-> (...)`` px.
+
+    Elementwise on purpose (``torch.cdist`` uses a matmul expansion whose rounding
+    depends on the batch shape), so every code path gets bit-identical distances.
+    """
+    dx = points[..., 0] - centres[..., 0]
+    dy = points[..., 1] - centres[..., 1]
+    return torch.sqrt(dx * dx + dy * dy)
+
+
+def centre_inside(points: Tensor, boxes: Tensor, eps: float = INSIDE_EPS) -> Tensor:
+    """Whether ``(..., 2)`` points lie inside broadcastable ``(..., 4)`` boxes by > eps."""
+    return (
+        (points[..., 0] - boxes[..., 0] > eps)
+        & (points[..., 1] - boxes[..., 1] > eps)
+        & (boxes[..., 2] - points[..., 0] > eps)
+        & (boxes[..., 3] - points[..., 1] > eps)
+    )
+
+
+def check_levels(num_level_priors: Sequence[int], num_priors: int, topk: int) -> None:
+    """Raise ValueError unless the level sizes sum to R and ``topk ≥ 1``."""
+    if any(int(k) < 0 for k in num_level_priors) or sum(num_level_priors) != num_priors:
+        raise ValueError(
+            f"num_level_priors must be non-negative and sum to R={num_priors}, "
+            f"got {list(num_level_priors)}"
+        )
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+
+
+def nearest_per_level(dist: Tensor, num_level_priors: Sequence[int], topk: int) -> Tensor:
+    """Indices of the ``topk`` nearest priors of every level, nearest first.
+
+    Args:
+        dist: ``(N, G, R)`` non-negative finite centre distances.
+        num_level_priors: L ints summing to R.
+        topk: candidates per level.
+    Returns:
+        ``(N, G, K)`` int64 prior indices, ``K = Σ_l min(topk, R_l)``.
+    """
+    picks = []
+    start = 0
+    for size in num_level_priors:
+        if size:
+            level = dist[..., start : start + size]
+            # For non-negative floats the int32 bit pattern is monotonic, so this int64 key
+            # orders by (distance, prior index): topk ties become deterministic.
+            key = level.view(torch.int32).to(torch.int64) << 32
+            key |= torch.arange(size, device=dist.device)
+            k = min(topk, size)
+            picks.append(key.topk(k, dim=-1, largest=False, sorted=True).indices + start)
+        start += size
+    return torch.cat(picks, dim=-1)
+
+
+def mean_plus_std(ious: Tensor) -> Tensor:
+    """ATSS threshold ``mean + std`` (unbiased) over the last axis, float64 ``(..., 1)``."""
+    x = ious.double()
+    k = x.shape[-1]
+    mean = x.sum(-1, keepdim=True) / k
+    if k < 2:
+        return mean
+    var = ((x - mean) ** 2).sum(-1, keepdim=True) / (k - 1)
+    return mean + var.sqrt()
+
+
+@dataclass
+class AtssState:
+    """ATSS result before labelling, plus what EATSS needs.
+
+    Attributes:
+        best_gt: ``(N·R,)`` int64 assigned GT or -1.
+        best_iou: ``(N·R,)`` float IoU with it (``-inf`` where unassigned).
+        bound: ``(N, M)`` largest centre distance among the GT's candidates whose
+            centre is inside it (``-inf``: none) — the EATSS fallback ``d_max``.
+        pairs: when collected, ``(gid, prior, dist)`` of every (GT, prior) with the
+            prior centre within ``bound`` of the GT centre; ``gid = n·M + g``.
+    """
+
+    best_gt: Tensor
+    best_iou: Tensor
+    bound: Tensor
+    pairs: tuple[Tensor, Tensor, Tensor] | None
+
+
+def atss_core(
+    inputs: AssignInputs,
+    num_level_priors: Sequence[int],
+    topk: int,
+    chunk_size: int | None,
+    collect_pairs: bool = False,
+) -> AtssState:
+    """Run ATSS over GT chunks; optionally collect EATSS's sparse (GT, prior) pairs."""
+    n, m, r = inputs.shape
+    dev = inputs.priors.device
+    centres = box_centers(inputs.priors)  # (R, 2)
+    best_iou = torch.full((n * r,), -math.inf, device=dev)
+    best_gt = torch.full((n * r,), -1, dtype=torch.int64, device=dev)
+    bound = torch.full((n, m), -math.inf, device=dev)
+    pairs: list[tuple[Tensor, Tensor, Tensor]] = []
+    offsets = (torch.arange(n, device=dev) * r)[:, None, None]
+    for sl in gt_chunks(n, m, r, chunk_size) if r else ():
+        boxes = inputs.boxes[:, sl, None, :]  # (N, G, 1, 4)
+        dist = centre_distance(centres, box_centers(boxes))  # (N, G, R)
+        cand = nearest_per_level(dist, num_level_priors, topk)  # (N, G, K)
+        iou = aligned_iou(inputs.priors[cand], boxes)  # (N, G, K)
+        inside = centre_inside(centres[cand], boxes) & inputs.active[:, sl, None]
+        pos = inside & (iou.double() >= mean_plus_std(iou))
+        bound[:, sl] = dist.gather(-1, cand).masked_fill(~inside, -math.inf).amax(-1)
+        gt_idx = torch.arange(sl.start, sl.stop, device=dev)[None, :, None].expand_as(cand)
+        claim = iou.masked_fill(~pos, -math.inf)
+        merge_claims(
+            best_iou, best_gt, (offsets + cand).flatten(), claim.flatten(), gt_idx.flatten()
+        )
+        if collect_pairs:
+            near = dist <= bound[:, sl, None]
+            img, g, prior = near.nonzero(as_tuple=True)
+            pairs.append((img * m + g + sl.start, prior, dist[near]))
+    collected = None
+    if collect_pairs:
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        gid, prior, d = zip(*pairs) if pairs else ((empty,), (empty,), (empty.float(),))
+        collected = (torch.cat(gid), torch.cat(prior), torch.cat(d))
+    return AtssState(best_gt=best_gt, best_iou=best_iou, bound=bound, pairs=collected)
+
+
+@torch.no_grad()
+def atss_assign(
+    priors: Tensor,
+    num_level_priors: Sequence[int],
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_mask: Tensor,
+    gt_crowd: Tensor | None,
+    num_classes: int,
+    topk: int = 9,
+    *,
+    chunk_size: int | None = None,
+) -> AssignResult:
+    """ATSS assignment of a batch (rules: module doc; crowd/degenerate GTs: max_iou.py).
+
+    Args:
+        priors: ``(R, 4)`` xyxy priors shared by the batch, level by level.
+        num_level_priors: L ints, priors per level, summing to R.
+        gt_boxes: ``(N, M, 4)`` xyxy, padded.
+        gt_labels: ``(N, M)`` int64 classes ``0..C-1``.
+        gt_mask: ``(N, M)`` bool, real (non-padding) GTs.
+        gt_crowd: ``(N, M)`` bool crowd flags, or None for none.
+        num_classes: C.
+        topk: candidates per level.
+        chunk_size: GTs per chunk; None keeps each ``(N, G, R)`` temporary ≤ 4M elements.
+    Returns:
+        :class:`AssignResult` with ``(N, R)`` tensors.
+    """
+    inputs = prepare_inputs(priors, gt_boxes, gt_labels, gt_mask, gt_crowd, num_classes)
+    n, _, r = inputs.shape
+    check_levels(num_level_priors, r, topk)
+    state = atss_core(inputs, num_level_priors, topk, chunk_size)
+    return finalize(
+        inputs,
+        state.best_gt.view(n, r),
+        state.best_iou.view(n, r),
+        num_classes,
+        chunk_size=chunk_size,
+    )
