@@ -141,3 +141,12 @@ def test_fuzz_never_nan(rows, data):
         assert (out <= 1 + 1e-5).all()
     iou = B.box_iou(a, b)
     assert ((iou >= 0) & (iou <= 1 + 1e-5)).all()
+
+
+def test_inverted_boxes_keep_centre_penalty_bounded():
+    # corners in any order: the centre term rho²/c² of DIoU/EIoU must stay within [0, 1]
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(2000, 4, generator=g) * 100, torch.rand(2000, 4, generator=g) * 100
+    ratio = B.centre_distance_sq(a, b) / B.enclosing_diag_sq(a, b)
+    assert ratio.max().item() <= 1.0 + 1e-6
+    assert B.aligned_diou(a, b).min().item() >= -1.0 - 1e-6

@@ -7,7 +7,8 @@ the pairwise wrappers (``box_iou``, ``generalized_box_iou``, ...) take ``(M, 4)`
 
 Degenerate boxes are defined behaviour, never NaN:
 
-* a box with ``x2 < x1`` or ``y2 < y1`` has width/height clamped to 0, so zero area;
+* a box with ``x2 < x1`` or ``y2 < y1`` is treated as the zero-width box at its centre
+  (zero area; the enclosing box then contains its centre, so ρ²/c² stays ≤ 1);
 * IoU of two zero-area boxes is 0 (intersection 0 over a union clamped at ``EPS``);
 * the enclosing box of two points is a point: its area and diagonal are clamped at
   ``EPS`` so GIoU/DIoU penalties stay finite (two coincident points have IoU 0 and
@@ -116,10 +117,23 @@ def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return inter, union
 
 
+def _collapse_inverted(boxes: Tensor) -> Tensor:
+    """Map a box with ``x2 < x1`` (or ``y2 < y1``) to the zero-width box at its centre.
+
+    Without this the enclosing box is built from raw corners that need not contain an
+    inverted box's centre, so ρ²/c² (DIoU, CIoU, EIoU, Wise-IoU, HCRAR's centre term) is
+    unbounded. Valid boxes pass through bit for bit: their corners bracket the centre.
+    """
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    return torch.cat(
+        (torch.minimum(boxes[..., :2], centre), torch.maximum(boxes[..., 2:], centre)), dim=-1
+    )
+
+
 def _prep(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     _check_boxes(a, "boxes1")
     _check_boxes(b, "boxes2")
-    return _upcast(a), _upcast(b)
+    return _collapse_inverted(_upcast(a)), _collapse_inverted(_upcast(b))
 
 
 def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -277,7 +291,9 @@ def decode_deltas(
     clamp: float = DELTA_CLAMP,
 ) -> Tensor:
     """Inverse of :func:`encode_deltas`; ``dw, dh`` are clamped to ``clamp`` so exp stays finite."""
-    a, d = _prep(anchors, deltas)
+    _check_boxes(anchors, "anchors")
+    _check_boxes(deltas, "deltas")
+    a, d = _upcast(anchors), _upcast(deltas)
     a_c = box_centers(a)
     aw, ah = _wh(a)
     wx, wy, ww, wh = weights

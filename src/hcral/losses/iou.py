@@ -29,7 +29,6 @@ from hcral.boxes import (
     aligned_eiou,
     aligned_giou,
     aligned_iou,
-    box_centers,
     centre_distance_sq,
     enclosing_diag_sq,
 )
@@ -66,25 +65,11 @@ ALPHA_IOU_PENALTIES = ("iou", "giou", "diou", "ciou")
 WISE_IOU_VERSIONS = (1, 2, 3)
 
 
-def _collapse_inverted(boxes: Tensor) -> Tensor:
-    """Map a box with ``x2 < x1`` (or ``y2 < y1``) to the zero-width box at its centre.
-
-    hcral.boxes already gives such a box zero area, but builds the enclosing box from
-    its raw corners, which then need not contain its centre: ρ²/c² becomes unbounded
-    (1e5 for a 0.5 px inverted box) and so do the DIoU/CIoU/EIoU/Wise-IoU losses and
-    their gradients. Valid boxes pass through bit for bit (their corners bracket the centre).
-    """
-    boxes = to_float(boxes)
-    centre = box_centers(boxes)
-    lt = torch.minimum(boxes[..., :2], centre)
-    rb = torch.maximum(boxes[..., 2:], centre)
-    return torch.cat((lt, rb), dim=-1)
-
-
 def _prepare(pred_boxes: Tensor, target_boxes: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
     check_pair(pred_boxes, target_boxes, ("pred_boxes", "target_boxes"), last=4)
     check_reduction(reduction)
-    return _collapse_inverted(pred_boxes), _collapse_inverted(target_boxes)
+    # hcral.boxes collapses inverted boxes to their centre, so ρ²/c² stays bounded.
+    return to_float(pred_boxes), to_float(target_boxes)
 
 
 def giou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none") -> Tensor:
