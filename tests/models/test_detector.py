@@ -104,6 +104,21 @@ def test_images_without_ground_truth_are_all_negative(name, device, tiny_cfg):
     assert model.head.cls_logits.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["atss", "fcos_atss"])
+def test_criteria_run_on_every_rank_even_without_positives(name, tiny_cfg):
+    # stateful criteria all-reduce inside forward: skipping the call on a rank without
+    # positives would deadlock the other ranks
+    model = build_model(tiny_cfg(name, cls_loss="hcrac", reg_loss="hcrar")).train()
+    calls = []
+    for criterion in (model.cls_loss, model.reg_loss):
+        criterion.register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
+    images, _ = _batch(torch.device("cpu"))
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = model(images, SIZES, [empty, empty])
+    assert calls == ["HCRACLoss", "HCRARLoss"]
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_crowd_boxes_are_never_targets(tiny_cfg, monkeypatch):
     model = build_model(tiny_cfg("retinanet")).train()
     seen = {}
@@ -336,3 +351,57 @@ def test_overfits_one_image(name, tiny_cfg):
     # and it now finds the box: the best detection is the right class, tight and confident
     assert det["labels"][0] == 1 and det["scores"][0] > 0.5
     assert aligned_iou(det["boxes"][0], targets[0]["boxes"][0]) > 0.7
+
+
+class _SpyReg(torch.nn.Module):
+    """Records the regression criterion's inputs and returns a GIoU-free dummy loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.kwargs = {}
+
+    def forward(self, pred_boxes, target_boxes, **kwargs):
+        self.kwargs = dict(kwargs, pred_boxes=pred_boxes, target_boxes=target_boxes)
+        return (pred_boxes - target_boxes).abs().sum() / kwargs["avg_factor"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_regression_targets_decode_back_to_the_ground_truth(name, tiny_cfg):
+    model = build_model(tiny_cfg(name)).train()
+    model.reg_loss = _SpyReg()
+    captured = {}
+    real = model.reg_weighting
+
+    def spy(pos, priors):
+        captured["pos"], captured["priors"] = pos, priors
+        return real(pos, priors)
+
+    model.reg_weighting = spy
+    images, targets = _batch(torch.device("cpu"))
+    model(images, SIZES, targets)
+    kw, pos = model.reg_loss.kwargs, captured["pos"]
+    subset = detector_module._subset(captured["priors"], pos.prior_inds)
+    decoded = model.decode_boxes(kw["target_deltas"][None], subset)[0]
+    torch.testing.assert_close(decoded, kw["target_boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(model.decode_boxes(kw["pred_deltas"][None], subset)[0], pos.boxes)
+    assert kw["pred_deltas"].requires_grad and not kw["scores"].requires_grad
+
+
+def test_atss_weights_regression_by_centerness(tiny_cfg):
+    model = build_model(tiny_cfg("atss")).train()
+    model.reg_loss = _SpyReg()
+    images, targets = _batch(torch.device("cpu"))
+    model(images, SIZES, targets)
+    weight, avg = model.reg_loss.kwargs["weight"], model.reg_loss.kwargs["avg_factor"]
+    assert weight.shape == model.reg_loss.kwargs["target_boxes"].shape[:1]
+    assert ((weight > 0) & (weight <= 1)).all()  # ATSS positives have centres inside
+    assert avg == pytest.approx(weight.sum().item())
+
+
+def test_centerness_targets_hand_computed():
+    from hcral.models.atss import centerness_targets
+
+    points = torch.tensor([[5.0, 5.0], [5.0, 10.0], [30.0, 5.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0]]).expand(3, 4)
+    expected = torch.tensor([(5 / 15) ** 0.5, 1.0, 0.0])  # last point lies outside
+    torch.testing.assert_close(centerness_targets(points, boxes), expected)

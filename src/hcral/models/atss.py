@@ -67,9 +67,6 @@ class ATSS(DenseDetector):
         weight = centerness_targets(priors.points[pos.prior_inds], pos.target_boxes)
         return weight, max(reduce_mean(weight.sum()).item(), 1e-6)
 
-    def extra_loss_names(self) -> list[str]:
-        return ["loss_centerness"]
-
     def extra_losses(self, pos: Positives, priors: Priors) -> dict[str, Tensor]:
         target = centerness_targets(priors.points[pos.prior_inds], pos.target_boxes)
         return {"loss_centerness": bce_sum(pos.quality, target) / pos.avg_factor}

@@ -250,32 +250,29 @@ class DenseDetector(nn.Module):
 
     # ---------------------------------------------------------------------- training
     def losses(self, out: HeadOutputs, priors: Priors, gt: GtBatch) -> dict[str, Tensor]:
-        """Assign priors, then classification, regression and extra losses (scalars)."""
+        """Assign priors, then classification, regression and extra losses (scalars).
+
+        Every criterion is called even when this rank has no positive (or no valid
+        prior): stateful criteria all-reduce their statistics, and a rank that skipped
+        the call would leave the others waiting in the collective forever.
+        """
         cls = flatten_levels(out.cls_logits, self.num_classes).float()  # (N, R, C)
         reg = flatten_levels(out.box_reg, 4).float()  # (N, R, 4)
-        boxes = self.decode_boxes(reg, priors)  # (N, R, 4)
-        assign = self.assign(priors, gt, boxes)
-        labels = assign.labels  # (N, R)
-        pos_mask, valid = assign.pos_mask, labels >= 0
-        ious = self.prior_ious(boxes, gt, assign)  # (N, R), detached
-        num_pos = pos_mask.sum().float()
-        # One device sync for every count this iteration needs.
-        avg_factor, n_pos, n_valid = torch.stack(
-            (reduce_mean(num_pos), num_pos, valid.sum().float())
-        ).tolist()
-        avg_factor = max(avg_factor, 1.0)
-        if n_valid > 0:
-            loss_cls = self.cls_loss(cls[valid], labels[valid], ious[valid], avg_factor)
-        else:
-            loss_cls = _zero(cls)
         quality = flatten_levels(out.quality, 1)[..., 0].float() if out.quality else None
         init = flatten_levels(out.box_reg_init, 4).float() if out.box_reg_init else None
-        if n_pos == 0:
-            names = ["loss_reg", *self.extra_loss_names()]
-            return {"loss_cls": loss_cls, **{k: _zero(reg, quality, init) for k in names}}
+        boxes = self.decode_boxes(reg, priors)  # (N, R, 4)
+        assign = self.assign(priors, gt, boxes)
+        valid = assign.labels >= 0  # ignored priors take no part
+        ious = self.prior_ious(boxes, gt, assign)  # (N, R), detached
+        num_pos = assign.pos_mask.sum().float()
+        avg_factor, n_pos = torch.stack((reduce_mean(num_pos), num_pos)).tolist()  # one sync
+        avg_factor = max(avg_factor, 1.0)
+        losses = {
+            "loss_cls": self.cls_loss(cls[valid], assign.labels[valid], ious[valid], avg_factor)
+        }
         pos = self.positives(cls, reg, boxes, quality, init, priors, gt, assign, ious, avg_factor)
         weight, reg_avg = self.reg_weighting(pos, priors)
-        loss_reg = self.reg_loss(
+        losses["loss_reg"] = self.reg_loss(
             pos.boxes,
             pos.target_boxes,
             scores=pos.scores,
@@ -284,11 +281,10 @@ class DenseDetector(nn.Module):
             target_deltas=self.encode_targets(priors, pos.prior_inds, pos.target_boxes),
             avg_factor=reg_avg,
         )
-        return {"loss_cls": loss_cls, "loss_reg": loss_reg, **self.extra_losses(pos, priors)}
-
-    def extra_loss_names(self) -> list[str]:
-        """Keys :meth:`extra_losses` returns (so that a batch without positives has them too)."""
-        return []
+        losses.update(self.extra_losses(pos, priors))
+        if n_pos == 0:  # a criterion may return a constant 0: keep every output in the graph
+            losses = {k: v + _zero(cls, reg, quality, init) for k, v in losses.items()}
+        return losses
 
     def positives(
         self,

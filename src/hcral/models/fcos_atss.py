@@ -61,9 +61,6 @@ class FCOSATSS(DenseDetector):
     def encode_targets(self, priors: Priors, prior_inds: Tensor, targets: Tensor) -> Tensor:
         return encode_ltrb(priors.points[prior_inds], targets, priors.strides[prior_inds])
 
-    def extra_loss_names(self) -> list[str]:
-        return ["loss_quality"] + (["loss_reg_init"] if self.init_reg_loss is not None else [])
-
     def extra_losses(self, pos: Positives, priors: Priors) -> dict[str, Tensor]:
         losses = {"loss_quality": bce_sum(pos.quality, pos.ious) / pos.avg_factor}
         if self.init_reg_loss is not None:
