@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -46,6 +47,23 @@ def test_resume_continues_bit_for_bit(tmp_path, stop_at):
     for name, value in resumed_model.state_dict().items():  # loss-state buffers included
         torch.testing.assert_close(value, full_state[name], atol=1e-6, rtol=0, msg=name)
     assert "cls_stat.value" in full_state
+
+
+def test_resume_matches_with_evaluation_between_epochs(tmp_path):
+    def evaluate_drawing_rng(model, dataset, cfg, device, output_json=None):
+        return {"AP": float(torch.rand(())) + random.random()}
+
+    def run(out, resume=None, **kw):
+        cfg = toy_config(str(out), eval_every=1, **kw)
+        torch.manual_seed(0)
+        data = dict(train_set=ToyDataset(), val_set=ToyDataset(2))
+        return train(cfg, resume, model=ToyDetector(), evaluate_fn=evaluate_drawing_rng, **data)
+
+    run(tmp_path / "full")
+    run(tmp_path / "cut", max_iters=3)  # stops right after epoch 1's checkpoint
+    run(tmp_path / "cut", resume=True)
+    a, b = read_csv(tmp_path / "full/log.csv"), read_csv(tmp_path / "cut/log.csv")
+    assert [x["loss"] for x in a] == pytest.approx([y["loss"] for y in b], abs=1e-6, rel=0)
 
 
 def test_resumed_losses_differ_without_rng_restore(tmp_path, monkeypatch):

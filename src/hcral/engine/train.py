@@ -416,7 +416,11 @@ def _run_evaluation(
         return {}
     if evaluate_fn is None:
         from hcral.engine.evaluate import evaluate as evaluate_fn
+    # Evaluation must not move the training RNGs (a data loader draws a seed, for one):
+    # a run resumed from the checkpoint written before it would otherwise diverge.
+    rng = get_rng_state()
     metrics = evaluate_fn(model, val_set, cfg, device, output_json=output_json)
+    set_rng_state(rng)
     model.train()
     return {k: float(v) for k, v in metrics.items()}
 
