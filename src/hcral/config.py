@@ -32,7 +32,7 @@ class ModelConfig:
     num_convs: int = 4  # convs per head tower
     strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
     anchor_scale: float = 8.0  # ATSS/FCOS+ATSS: one square prior of anchor_scale × stride
-    assigner: str = "atss"  # max_iou | atss | eatss
+    assigner: str = ""  # max_iou | atss | eatss; "" = the detector default (RetinaNet: max_iou)
     assigner_args: dict[str, Any] = field(default_factory=dict)
     cls_loss: str = "focal"  # focal | qfl | vfl | ghm | hcrac
     cls_loss_args: dict[str, Any] = field(default_factory=dict)
