@@ -115,11 +115,13 @@ class ProgressBar:
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True):
-        self._bar = (
-            tqdm(total=total, initial=initial, dynamic_ncols=True, desc="train", leave=True)
-            if enabled
-            else None
-        )
+        self._bar = None
+        if enabled:
+            # redirected to a file (batch jobs): refresh rarely instead of flooding it
+            every = 0.1 if sys.stderr.isatty() else 30.0
+            self._bar = tqdm(
+                total=total, initial=initial, desc="train", dynamic_ncols=True, mininterval=every
+            )
 
     def update(self, n: int = 1, **postfix: float) -> None:
         if self._bar is None:
