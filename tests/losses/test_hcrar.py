@@ -7,9 +7,16 @@ import math
 import pytest
 import torch
 
-from hcral.boxes import aligned_giou, aligned_iou
+from hcral.boxes import aligned_giou, aligned_iou, centre_distance_sq, enclosing_diag_sq
 from hcral.losses import build_reg_loss
-from hcral.losses.hcrar import HCRARLoss, hcrar_loss, hcrar_weight, rci_coefficient
+from hcral.losses.hcrar import (
+    HCRARLoss,
+    centre_factor,
+    hcrar_loss,
+    hcrar_weight,
+    iou_and_centre_ratio,
+    rci_coefficient,
+)
 
 U_STAR = 1 / 2.2  # γ = 1.2
 
@@ -79,6 +86,25 @@ def test_gradcheck_float64_with_detached_weight():
     ious = aligned_iou(pred.detach(), target)
     w = hcrar_weight(pred, target, rci_coefficient(scores, ious), ious)
     assert torch.autograd.gradcheck(lambda b: ((1 - aligned_giou(b, target)) * w).sum(), (pred,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_fused_geometry_equals_boxes_module(dtype):
+    pred, target, _ = _random_boxes(p=50)
+    pred = pred.detach()
+    pred[:5, 2:] = pred[:5, :2] - 3  # inverted boxes
+    pred[5:8, 2:] = pred[5:8, :2]  # points
+    target[8:10] = pred[8:10]  # identical
+    pred, target = pred.to(dtype), target.to(dtype)
+    iou, ratio = iou_and_centre_ratio(pred, target)
+    torch.testing.assert_close(iou, aligned_iou(pred, target))
+    expected = centre_distance_sq(pred, target) / enclosing_diag_sq(pred, target)
+    torch.testing.assert_close(ratio, expected)
+    torch.testing.assert_close(torch.exp(ratio), centre_factor(pred, target))
+    w = hcrar_weight(pred, target, torch.ones(50), iou)
+    torch.testing.assert_close(
+        w, hcrar_weight(pred, target, torch.ones(50), iou, centre_ratio=ratio)
+    )
 
 
 def test_weights_are_detached():
