@@ -75,12 +75,12 @@ def _active(boxes: Tensor, mask: Tensor, crowd: Tensor | None, n: int, m: int) -
     return bool(mask[n, m]) and not is_crowd and _usable(boxes[n, m])
 
 
-def _distances(priors: Tensor, box: Tensor) -> Tensor:
-    """``(R,)`` prior-centre distance to the centre of one box."""
+def _distances_sq(priors: Tensor, box: Tensor) -> Tensor:
+    """``(R,)`` squared distance of the prior centres to the centre of one box."""
     pc, gc = box_centers(priors), box_centers(box)
     dx = pc[:, 0] - gc[0]
     dy = pc[:, 1] - gc[1]
-    return torch.sqrt(dx * dx + dy * dy)
+    return dx * dx + dy * dy
 
 
 def _inside(priors: Tensor, box: Tensor) -> list[bool]:
@@ -194,7 +194,7 @@ def _atss_image(priors, num_level_priors, boxes, mask, crowd, n, topk):
     for m in range(boxes.shape[1]):
         if not _active(boxes, mask, crowd, n, m):
             continue
-        dist = _distances(priors, boxes[n, m])
+        dist = _distances_sq(priors, boxes[n, m])
         d = dist.tolist()
         iou = aligned_iou(priors, boxes[n, m][None]).tolist()
         inside = _inside(priors, boxes[n, m])
@@ -237,15 +237,17 @@ def _eatss_extras(priors, ranked, boxes, n, atss, per_gt, num_extra):
         pool = own or [i for i in cands if inside[i]]
         if not pool:
             continue
-        d_max = dist[max(pool, key=lambda i: dist[i].item())]
-        d = dist.tolist()
+        d_sq = dist.tolist()  # squared distances: compared squared, rooted for the rank
+        d_max_sq = dist[max(pool, key=lambda i: d_sq[i])]
         free = [
-            i for i in range(len(atss)) if atss[i][0] < 0 and inside[i] and d[i] <= d_max.item()
+            i
+            for i in range(len(atss))
+            if atss[i][0] < 0 and inside[i] and d_sq[i] <= d_max_sq.item()
         ]
         if not free:
             continue
         iou = torch.nan_to_num(aligned_iou(ranked[free], boxes[n, m][None]), nan=0.0)
-        score = (iou * (1 - dist[free] / (d_max + RANK_EPS))).tolist()
+        score = (iou * (1 - dist[free].sqrt() / (d_max_sq.sqrt() + RANK_EPS))).tolist()
         best = sorted(zip(free, score), key=lambda t: (-t[1], t[0]))[:num_extra]
         for i, s in best:
             claims.setdefault(i, []).append((not own, s, -m))

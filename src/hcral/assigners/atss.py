@@ -29,20 +29,22 @@ from hcral.assigners.max_iou import AssignInputs, finalize, gt_chunks, merge_cla
 from hcral.assigners.result import AssignResult
 from hcral.boxes import aligned_iou, box_centers
 
-__all__ = ["INSIDE_EPS", "atss_assign", "centre_distance", "centre_inside"]
+__all__ = ["INSIDE_EPS", "atss_assign", "centre_distance_sq", "centre_inside"]
 
 INSIDE_EPS = 0.01
 
 
-def centre_distance(points: Tensor, centres: Tensor) -> Tensor:
-    """Euclidean distance of broadcastable ``(..., 2)`` points, ``-> (...)`` px.
+def centre_distance_sq(points: Tensor, centres: Tensor) -> Tensor:
+    """Squared distance of broadcastable ``(..., 2)`` points, ``-> (...)`` px².
 
     Elementwise on purpose (``torch.cdist`` uses a matmul expansion whose rounding
-    depends on the batch shape), so every code path gets bit-identical distances.
+    depends on the batch shape), so every code path gets bit-identical values. The
+    assigners compare squared distances and take a square root only where a distance
+    enters a formula, which saves a dense pass.
     """
     dx = points[..., 0] - centres[..., 0]
     dy = points[..., 1] - centres[..., 1]
-    return torch.sqrt(dx * dx + dy * dy)
+    return dx * dx + dy * dy
 
 
 def centre_inside(points: Tensor, boxes: Tensor, eps: float = INSIDE_EPS) -> Tensor:
@@ -66,11 +68,20 @@ def check_levels(num_level_priors: Sequence[int], num_priors: int, topk: int) ->
         raise ValueError(f"topk must be >= 1, got {topk}")
 
 
-def nearest_per_level(dist: Tensor, num_level_priors: Sequence[int], topk: int) -> Tensor:
-    """Indices of the ``topk`` nearest priors of every level, nearest first.
+def _stable_smallest(values: Tensor, k: int) -> Tensor:
+    """Indices of the k smallest along the last axis, lower index first among equal values."""
+    # For non-negative floats the int32 bit pattern is monotonic, so this int64 key
+    # orders by (value, index) exactly.
+    key = values.view(torch.int32).to(torch.int64) << 32
+    key |= torch.arange(values.shape[-1], device=values.device)
+    return key.topk(k, dim=-1, largest=False).indices
+
+
+def nearest_per_level(dist_sq: Tensor, num_level_priors: Sequence[int], topk: int) -> Tensor:
+    """Indices of the ``topk`` nearest priors of every level; ties go to the lower index.
 
     Args:
-        dist: ``(N, G, R)`` non-negative finite centre distances.
+        dist_sq: ``(N, G, R)`` non-negative finite squared centre distances.
         num_level_priors: L ints summing to R.
         topk: candidates per level.
     Returns:
@@ -79,14 +90,20 @@ def nearest_per_level(dist: Tensor, num_level_priors: Sequence[int], topk: int) 
     picks = []
     start = 0
     for size in num_level_priors:
+        k = min(topk, size)
+        level = dist_sq[..., start : start + size]
+        if k == size:
+            idx = torch.arange(size, device=dist_sq.device).expand(*level.shape[:-1], size)
+        else:
+            # The k smallest are unique unless the k-th value ties with the (k+1)-th; only
+            # those rows pay for the exact (value, index) key.
+            vals, idx = level.topk(k + 1, dim=-1, largest=False, sorted=True)
+            idx = idx[..., :k].clone()
+            tie = vals[..., k - 1] == vals[..., k]
+            if tie.any():
+                idx[tie] = _stable_smallest(level[tie], k)
         if size:
-            level = dist[..., start : start + size]
-            # For non-negative floats the int32 bit pattern is monotonic, so this int64 key
-            # orders by (distance, prior index): topk ties become deterministic.
-            key = level.view(torch.int32).to(torch.int64) << 32
-            key |= torch.arange(size, device=dist.device)
-            k = min(topk, size)
-            picks.append(key.topk(k, dim=-1, largest=False, sorted=True).indices + start)
+            picks.append(idx + start)
         start += size
     return torch.cat(picks, dim=-1)
 
@@ -102,6 +119,9 @@ def mean_plus_std(ious: Tensor) -> Tensor:
     return mean + var.sqrt()
 
 
+Pairs = tuple[Tensor, Tensor, Tensor]
+
+
 @dataclass
 class AtssState:
     """ATSS result before labelling, plus what EATSS needs.
@@ -109,16 +129,27 @@ class AtssState:
     Attributes:
         best_gt: ``(N·R,)`` int64 assigned GT or -1.
         best_iou: ``(N·R,)`` float IoU with it (``-inf`` where unassigned).
-        bound: ``(N, M)`` largest centre distance among the GT's candidates whose
-            centre is inside it (``-inf``: none) — the EATSS fallback ``d_max``.
-        pairs: when collected, ``(gid, prior, dist)`` of every (GT, prior) with the
-            prior centre within ``bound`` of the GT centre; ``gid = n·M + g``.
+        bound: ``(N, M)`` largest squared centre distance among the GT's candidates
+            whose centre is inside it (``-inf``: none) — the EATSS fallback ``d_max²``.
+        claims: when collected, ``(gid, flat, dist_sq)`` of every positive claim before
+            conflicts are resolved; ``gid = n·M + g`` and ``flat = n·R + r``.
+        pairs: when collected, ``(gid, flat, dist_sq)`` of the (GT, prior) pairs with the
+            prior centre within ``bound`` of the GT centre.
     """
 
     best_gt: Tensor
     best_iou: Tensor
     bound: Tensor
-    pairs: tuple[Tensor, Tensor, Tensor] | None
+    claims: Pairs | None = None
+    pairs: Pairs | None = None
+
+
+def _cat(parts: list[Pairs], device: torch.device) -> Pairs:
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty, empty.float()
+    gid, flat, dist = zip(*parts)
+    return torch.cat(gid), torch.cat(flat), torch.cat(dist)
 
 
 def atss_core(
@@ -126,40 +157,40 @@ def atss_core(
     num_level_priors: Sequence[int],
     topk: int,
     chunk_size: int | None,
-    collect_pairs: bool = False,
+    collect: bool = False,
 ) -> AtssState:
-    """Run ATSS over GT chunks; optionally collect EATSS's sparse (GT, prior) pairs."""
+    """Run ATSS over GT chunks; ``collect`` keeps the sparse claims and pairs EATSS needs."""
     n, m, r = inputs.shape
     dev = inputs.priors.device
     centres = box_centers(inputs.priors)  # (R, 2)
     best_iou = torch.full((n * r,), -math.inf, device=dev)
     best_gt = torch.full((n * r,), -1, dtype=torch.int64, device=dev)
     bound = torch.full((n, m), -math.inf, device=dev)
-    pairs: list[tuple[Tensor, Tensor, Tensor]] = []
-    offsets = (torch.arange(n, device=dev) * r)[:, None, None]
+    claims: list[Pairs] = []
+    pairs: list[Pairs] = []
+    img = torch.arange(n, device=dev)[:, None, None]
     for sl in gt_chunks(n, m, r, chunk_size) if r else ():
         boxes = inputs.boxes[:, sl, None, :]  # (N, G, 1, 4)
-        dist = centre_distance(centres, box_centers(boxes))  # (N, G, R)
-        cand = nearest_per_level(dist, num_level_priors, topk)  # (N, G, K)
+        dist_sq = centre_distance_sq(centres, box_centers(boxes))  # (N, G, R)
+        cand = nearest_per_level(dist_sq, num_level_priors, topk)  # (N, G, K)
         iou = aligned_iou(inputs.priors[cand], boxes)  # (N, G, K)
         inside = centre_inside(centres[cand], boxes) & inputs.active[:, sl, None]
         pos = inside & (iou.double() >= mean_plus_std(iou))
-        bound[:, sl] = dist.gather(-1, cand).masked_fill(~inside, -math.inf).amax(-1)
+        cand_dist = dist_sq.gather(-1, cand)
+        bound[:, sl] = cand_dist.masked_fill(~inside, -math.inf).amax(-1)
         gt_idx = torch.arange(sl.start, sl.stop, device=dev)[None, :, None].expand_as(cand)
+        flat = img * r + cand
         claim = iou.masked_fill(~pos, -math.inf)
-        merge_claims(
-            best_iou, best_gt, (offsets + cand).flatten(), claim.flatten(), gt_idx.flatten()
-        )
-        if collect_pairs:
-            near = dist <= bound[:, sl, None]
-            img, g, prior = near.nonzero(as_tuple=True)
-            pairs.append((img * m + g + sl.start, prior, dist[near]))
-    collected = None
-    if collect_pairs:
-        empty = torch.zeros(0, dtype=torch.int64, device=dev)
-        gid, prior, d = zip(*pairs) if pairs else ((empty,), (empty,), (empty.float(),))
-        collected = (torch.cat(gid), torch.cat(prior), torch.cat(d))
-    return AtssState(best_gt=best_gt, best_iou=best_iou, bound=bound, pairs=collected)
+        merge_claims(best_iou, best_gt, flat.flatten(), claim.flatten(), gt_idx.flatten())
+        if collect:
+            claims.append(((img * m + gt_idx)[pos], flat[pos], cand_dist[pos]))
+            # A dense test: a strip search over x-sorted priors measured slower here.
+            i, g, prior = (dist_sq <= bound[:, sl, None]).nonzero(as_tuple=True)
+            d = dist_sq[i, g, prior]
+            pairs.append((i * m + g + sl.start, i * r + prior, d))
+    if not collect:
+        return AtssState(best_gt, best_iou, bound)
+    return AtssState(best_gt, best_iou, bound, _cat(claims, dev), _cat(pairs, dev))
 
 
 @torch.no_grad()

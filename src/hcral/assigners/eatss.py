@@ -18,9 +18,12 @@ whose inside candidates are free (always so when it is alone) gets one even next
 a duplicate that has ATSS positives. P6 can still fail when two GTs ATSS left empty
 compete for the same free priors (e.g. three identical boxes): the lower index wins.
 
+Distances are compared squared (``d² ≤ d_max²``: no rounding of a square root decides
+membership); the rank takes ``d = √d²``.
+
 Cost: the extra candidates are gathered during the ATSS pass as sparse (GT, prior)
-pairs within the fallback radius (an upper bound of ``d_max``), so EATSS adds no second
-dense pass; the pairs hold a few thousand priors per GT at most on an FPN P3–P7 layout.
+pairs within the fallback radius (an upper bound of ``d_max``) by one dense comparison
+per GT chunk, so EATSS adds no second pass over the distances.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from hcral.assigners.atss import AtssState, atss_core, centre_distance, centre_inside, check_levels
+from hcral.assigners.atss import AtssState, atss_core, centre_inside, check_levels
 from hcral.assigners.max_iou import AssignInputs, finalize, prepare_inputs
 from hcral.assigners.result import AssignResult
 from hcral.boxes import aligned_iou, box_centers
@@ -65,40 +68,48 @@ def top_per_group(group: Tensor, score: Tensor, index: Tensor, k: int) -> Tensor
     return keep
 
 
-def _d_max(inputs: AssignInputs, state: AtssState) -> tuple[Tensor, Tensor]:
-    """``(N·M,)`` d_max of SPEC §4 step 2 (``-inf``: no extras) and ``(N·M,)`` has-positive."""
-    n, m, r = inputs.shape
-    dev = inputs.priors.device
-    flat = torch.arange(n * r, device=dev)
-    gid = (flat // r) * m + state.best_gt.clamp(min=0)
-    centres = box_centers(inputs.boxes).view(n * m, 2)
-    dist = centre_distance(box_centers(inputs.priors)[flat % r], centres[gid])
-    dist = dist.masked_fill(state.best_gt < 0, -math.inf)
-    d_max = torch.full((n * m,), -math.inf, device=dev).scatter_reduce_(0, gid, dist, "amax")
+def _d_max(state: AtssState, m: int) -> tuple[Tensor, Tensor]:
+    """``(N·M,)`` d_max² of SPEC §4 step 2 (``-inf``: no extras) and ``(N·M,)`` has-positive."""
+    gid, flat, dist_sq = state.claims
+    won = state.best_gt[flat] == gid % m  # claims that survived ATSS's conflict resolution
+    d_max = torch.full_like(state.bound.flatten(), -math.inf)
+    d_max.scatter_reduce_(0, gid, dist_sq.masked_fill(~won, -math.inf), "amax")
     has_pos = d_max > -math.inf
     return torch.where(has_pos, d_max, state.bound.flatten()), has_pos
 
 
-def _extras(
-    inputs: AssignInputs, state: AtssState, pred_boxes: Tensor | None, num_extra: int
-) -> Tensor:
-    """``(N·R,)`` int64 GT of each prior made an extra positive, -1 elsewhere."""
+def _extra_candidates(inputs: AssignInputs, state: AtssState) -> tuple[Tensor, ...]:
+    """SPEC §4 step 3 on the collected pairs: ``(gid, flat, dist, d_max, has_pos)``.
+
+    ``gid``, ``flat``, ``dist`` and ``d_max`` are ``(P,)`` per extra candidate (distances
+    rooted); ``has_pos`` is ``(N·M,)``, whether ATSS gave the GT a positive.
+    """
     n, m, r = inputs.shape
-    gid, prior, dist = state.pairs
-    d_max, has_pos = _d_max(inputs, state)
-    boxes = inputs.boxes.view(n * m, 4)
-    flat = (gid // m) * r + prior
+    gid, flat, dist_sq = state.pairs
+    d_max_sq, has_pos = _d_max(state, m)
+    centres = box_centers(inputs.priors)[flat % r]
     keep = (
         (state.best_gt[flat] < 0)
-        & (dist <= d_max[gid])
-        & centre_inside(box_centers(inputs.priors)[prior], boxes[gid])
+        & (dist_sq <= d_max_sq[gid])
+        & centre_inside(centres, inputs.boxes.view(n * m, 4)[gid])
     )
-    gid, prior, dist, flat = gid[keep], prior[keep], dist[keep], flat[keep]
-    ranked = inputs.priors[prior] if pred_boxes is None else pred_boxes.view(n * r, 4)[flat]
-    iou = torch.nan_to_num(aligned_iou(ranked, boxes[gid]), nan=0.0)
-    score = iou * (1 - dist / (d_max[gid] + RANK_EPS))
-    pick = top_per_group(gid, score, prior, num_extra)
-    gid, score, flat = gid[pick], score[pick], flat[pick]
+    gid, flat = gid[keep], flat[keep]
+    return gid, flat, dist_sq[keep].sqrt(), d_max_sq[gid].sqrt(), has_pos
+
+
+def _extras(
+    inputs: AssignInputs, state: AtssState, pred_boxes: Tensor | None, num_extra: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The extra positives: ``(E,)`` flat prior index ``n·R + r``, GT index and prior IoU."""
+    n, m, r = inputs.shape
+    gid, flat, dist, d_max, has_pos = _extra_candidates(inputs, state)
+    gt_boxes = inputs.boxes.view(n * m, 4)[gid]
+    prior_boxes = inputs.priors[flat % r]
+    iou = aligned_iou(prior_boxes, gt_boxes)
+    ranked = iou if pred_boxes is None else aligned_iou(pred_boxes.view(n * r, 4)[flat], gt_boxes)
+    score = torch.nan_to_num(ranked, nan=0.0) * (1 - dist / (d_max + RANK_EPS))
+    pick = top_per_group(gid, score, flat % r, num_extra)
+    gid, score, flat, iou = gid[pick], score[pick], flat[pick], iou[pick]
     # One exact int64 key per claim: (GT without ATSS positives, score, -GT index).
     low = (1 << 31) - 1
     key = (~has_pos[gid]).to(torch.int64) << 62
@@ -106,7 +117,8 @@ def _extras(
     key |= low - gid % m
     best = torch.full((n * r,), -1, dtype=torch.int64, device=key.device)
     best.scatter_reduce_(0, flat, key, "amax")
-    return torch.where(best >= 0, low - (best & low), -1)
+    won = best[flat] == key
+    return flat[won], gid[won] % m, iou[won]
 
 
 @torch.no_grad()
@@ -150,14 +162,11 @@ def eatss_assign(
     if pred_boxes is not None and tuple(pred_boxes.shape) != (n, r, 4):
         raise ValueError(f"pred_boxes must have shape {(n, r, 4)}, got {tuple(pred_boxes.shape)}")
     extra = num_extra > 0 and m > 0 and r > 0
-    state = atss_core(inputs, num_level_priors, topk, chunk_size, collect_pairs=extra)
+    state = atss_core(inputs, num_level_priors, topk, chunk_size, collect=extra)
     gt_inds, ious = state.best_gt, state.best_iou
     if extra:
         pred = None if pred_boxes is None else pred_boxes.detach().float()
-        extra_gt = _extras(inputs, state, pred, num_extra)
-        is_extra = extra_gt >= 0
-        gid = (torch.arange(n * r, device=gt_inds.device) // r) * m + extra_gt.clamp(min=0)
-        iou = aligned_iou(inputs.priors.repeat(n, 1), inputs.boxes.view(n * m, 4)[gid])
-        gt_inds = torch.where(is_extra, extra_gt, gt_inds)
-        ious = torch.where(is_extra, iou, ious)
+        flat, extra_gt, extra_iou = _extras(inputs, state, pred, num_extra)
+        gt_inds = gt_inds.index_put((flat,), extra_gt)
+        ious = ious.index_put((flat,), extra_iou)
     return finalize(inputs, gt_inds.view(n, r), ious.view(n, r), num_classes, chunk_size=chunk_size)
