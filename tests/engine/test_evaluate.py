@@ -148,3 +148,8 @@ def test_merge_drops_sampler_padding_duplicates():
     dets, ids = _merge([a, b])
     assert ids == [1, 2, 3]
     assert sorted(d["image_id"] for d in dets) == [1, 2, 3]
+
+
+def test_dataset_without_ground_truth_is_refused():
+    with pytest.raises(ValueError, match="ann_file"):
+        evaluate(ReplayModel([]), [(torch.zeros(3, 8, 8), {})], _cfg(), "cpu")

@@ -126,6 +126,11 @@ def evaluate(
     """
     device = torch.device(device)
     base = dataset
+    missing = [a for a in ("ann_file", "label_to_cat_id") if not hasattr(base, a)]
+    if missing:
+        raise ValueError(
+            f"dataset: {type(base).__name__} lacks {missing}; evaluate needs a CocoDetection"
+        )
     if cfg.eval.max_images > 0:
         dataset = Subset(dataset, range(min(cfg.eval.max_images, len(dataset))))
     bare = getattr(model, "module", model)  # DDP's forward would sync buffers for nothing
