@@ -29,6 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from hcral.boxes import aligned_giou
 from hcral.losses.ghm import GHMCLoss
 from hcral.losses.hcrac import HCRACLoss
 from hcral.losses.hcrar import HCRARLoss
@@ -75,6 +76,7 @@ def cases(cls_in: dict, reg_in: dict) -> dict[str, Callable[[], torch.Tensor]]:
         "GIoU (torchvision)": lambda: (
             generalized_box_iou_loss(pred, target, reduction="sum") / len(pred)
         ),
+        "GIoU (hcral.boxes)": lambda: (1 - aligned_giou(pred, target)).sum() / len(pred),
         "HCRAR (ours)": lambda: hcrar(pred, target, scores=scores, avg_factor=len(pred)),
     }
 
@@ -153,6 +155,7 @@ def main() -> None:
         "GHM-C (ours)": "focal (torchvision)",
         "HCRAC (ours)": "focal (torchvision)",
         "GIoU (torchvision)": "GIoU (torchvision)",
+        "GIoU (hcral.boxes)": "GIoU (torchvision)",
         "HCRAR (ours)": "GIoU (torchvision)",
     }
     pc_bytes = args.priors * args.classes * 4
