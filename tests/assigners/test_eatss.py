@@ -206,3 +206,28 @@ def test_bad_inputs_raise_value_error(change, message):
 
 def test_registered_by_name():
     assert ASSIGNERS["eatss"] is eatss_assign
+
+
+# --- priors that are not one square per grid location ---------------------------------
+
+
+def test_several_priors_per_location_match_reference():
+    priors, nlp = fpn_priors(64, 96)
+    half = priors + (priors[:, 2:] - priors[:, :2]).repeat(1, 2) * torch.tensor([1, 1, -1, -1]) / 4
+    priors = torch.stack((priors, half), dim=1).reshape(-1, 4)
+    nlp = [2 * k for k in nlp]
+    args = batch([[4.0, 6.0, 50.0, 40.0], [30.0, 10.0, 90.0, 62.0], [20.0, 20.0, 23.0, 26.0]])
+    assert_same(eatss_assign(priors, nlp, *args), ref_eatss_assign(priors, nlp, *args))
+
+
+@settings(max_examples=15, deadline=None)
+@given(scene=scenes(max_images=2), seed=st.integers(0, 2**16))
+def test_matches_reference_with_priors_in_any_order(scene, seed):
+    # Nothing assumes a grid: with priors permuted within levels, the index tie rules
+    # simply follow the new order.
+    priors, nlp = fpn_priors(scene.height, scene.width)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.cat([torch.randperm(k, generator=g) + sum(nlp[:i]) for i, k in enumerate(nlp)])
+    priors = priors[perm]
+    ours = eatss_assign(priors, nlp, *scene.args())
+    assert_same(ours, ref_eatss_assign(priors, nlp, *scene.args()))
