@@ -106,17 +106,6 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 
-def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    wa, ha = _wh(a)
-    wb, hb = _wh(b)
-    union = wa * ha + wb * hb - inter
-    return inter, union
-
-
 def _collapse_inverted(boxes: Tensor) -> Tensor:
     """Map a box with ``x2 < x1`` (or ``y2 < y1``) to the zero-width box at its centre.
 
@@ -131,31 +120,56 @@ def _collapse_inverted(boxes: Tensor) -> Tensor:
 
 
 def _prep(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Check, upcast and collapse inverted boxes once; the ``_*`` helpers below expect this."""
     _check_boxes(a, "boxes1")
     _check_boxes(b, "boxes2")
     return _collapse_inverted(_upcast(a)), _collapse_inverted(_upcast(b))
 
 
+# The helpers below take boxes already passed through _prep (valid: x1 <= x2, y1 <= y2),
+# so each public function does the checks and the collapse once.
+def _size(boxes: Tensor) -> Tensor:
+    return boxes[..., 2:] - boxes[..., :2]  # (..., 2) w, h; >= 0 after _prep
+
+
+def _iou(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU and union of prepared boxes."""
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(
+        min=0
+    )
+    inter = wh[..., 0] * wh[..., 1]
+    sa, sb = _size(a), _size(b)
+    union = sa[..., 0] * sa[..., 1] + sb[..., 0] * sb[..., 1] - inter
+    return inter / union.clamp(min=EPS), union
+
+
+def _enclosing_size(a: Tensor, b: Tensor) -> Tensor:
+    """(..., 2) width and height of the smallest enclosing box of prepared boxes."""
+    return torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
+
+
+def _centre_ratio(a: Tensor, b: Tensor, enc_wh: Tensor) -> Tensor:
+    """ρ²/c²: squared centre distance over the squared enclosing diagonal."""
+    rho2 = (((a[..., :2] + a[..., 2:]) - (b[..., :2] + b[..., 2:])) ** 2).sum(-1) / 4
+    return rho2 / (enc_wh**2).sum(-1).clamp(min=EPS)
+
+
 def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of corresponding boxes, ``(..., 4), (..., 4) -> (...)`` in [0, 1]."""
-    a, b = _prep(boxes1, boxes2)
-    inter, union = _inter_union(a, b)
-    return inter / union.clamp(min=EPS)
+    return _iou(*_prep(boxes1, boxes2))[0]
 
 
 def enclosing_box(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Smallest box enclosing both, ``(..., 4) -> (..., 4)``."""
     a, b = _prep(boxes1, boxes2)
-    lt = torch.minimum(a[..., :2], b[..., :2])
-    rb = torch.maximum(a[..., 2:], b[..., 2:])
-    return torch.cat((lt, rb), dim=-1)
+    return torch.cat(
+        (torch.minimum(a[..., :2], b[..., :2]), torch.maximum(a[..., 2:], b[..., 2:])), -1
+    )
 
 
 def enclosing_diag_sq(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Squared diagonal ``c²`` of the enclosing box, clamped at EPS, ``(...)`` px²."""
-    enc = enclosing_box(boxes1, boxes2)
-    wh = (enc[..., 2:] - enc[..., :2]).clamp(min=0)
-    return (wh**2).sum(-1).clamp(min=EPS)
+    return (_enclosing_size(*_prep(boxes1, boxes2)) ** 2).sum(-1).clamp(min=EPS)
 
 
 def centre_distance_sq(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -170,17 +184,16 @@ def aligned_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     ``GIoU = IoU - |C \\ (A ∪ B)| / |C|`` with C the smallest enclosing box.
     """
     a, b = _prep(boxes1, boxes2)
-    inter, union = _inter_union(a, b)
-    iou = inter / union.clamp(min=EPS)
-    w, h = _wh(enclosing_box(a, b))
-    area_c = (w * h).clamp(min=EPS)
+    iou, union = _iou(a, b)
+    enc = _enclosing_size(a, b)
+    area_c = (enc[..., 0] * enc[..., 1]).clamp(min=EPS)
     return iou - (area_c - union).clamp(min=0) / area_c
 
 
 def aligned_diou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Distance IoU (Zheng et al. 2020): ``IoU - ρ²/c²``, ``(...)`` in [-1, 1]."""
     a, b = _prep(boxes1, boxes2)
-    return aligned_iou(a, b) - centre_distance_sq(a, b) / enclosing_diag_sq(a, b)
+    return _iou(a, b)[0] - _centre_ratio(a, b, _enclosing_size(a, b))
 
 
 def aligned_ciou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -191,15 +204,15 @@ def aligned_ciou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     ``boxes2`` is the target.
     """
     a, b = _prep(boxes1, boxes2)
-    iou = aligned_iou(a, b)
-    w1, h1 = _wh(a)
-    w2, h2 = _wh(b)
+    iou = _iou(a, b)[0]
+    s1, s2 = _size(a), _size(b)
     v = (4 / math.pi**2) * (
-        torch.atan(w2 / h2.clamp(min=EPS)) - torch.atan(w1 / h1.clamp(min=EPS))
+        torch.atan(s2[..., 0] / s2[..., 1].clamp(min=EPS))
+        - torch.atan(s1[..., 0] / s1[..., 1].clamp(min=EPS))
     ) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v).clamp(min=EPS)
-    return iou - centre_distance_sq(a, b) / enclosing_diag_sq(a, b) - alpha * v
+    return iou - _centre_ratio(a, b, _enclosing_size(a, b)) - alpha * v
 
 
 def aligned_eiou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -210,15 +223,9 @@ def aligned_eiou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     the width/height form the HCRAL paper cites, not the "Extended IoU" of some libraries.
     """
     a, b = _prep(boxes1, boxes2)
-    w1, h1 = _wh(a)
-    w2, h2 = _wh(b)
-    cw, ch = _wh(enclosing_box(a, b))
-    return (
-        aligned_iou(a, b)
-        - centre_distance_sq(a, b) / enclosing_diag_sq(a, b)
-        - (w1 - w2) ** 2 / (cw**2).clamp(min=EPS)
-        - (h1 - h2) ** 2 / (ch**2).clamp(min=EPS)
-    )
+    enc = _enclosing_size(a, b)
+    d = ((_size(a) - _size(b)) ** 2 / (enc**2).clamp(min=EPS)).sum(-1)
+    return _iou(a, b)[0] - _centre_ratio(a, b, enc) - d
 
 
 def _pairwise(fn, boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -228,3 +228,11 @@ def test_bad_inputs_name_the_argument():
 def test_registry_builds_it_with_switches():
     crit = build_cls_loss("hcrac", use_omega=False, use_rci=False, mu=3.0)
     assert isinstance(crit, HCRACLoss) and not crit.use_omega and crit.mu == 3.0
+
+
+def test_criterion_asks_the_detector_for_negative_ious():
+    # without this flag the detector passes u = 0 for negatives and ω's θ-branch never acts
+    from hcral.losses import build_cls_loss
+
+    assert build_cls_loss("hcrac").needs_negative_ious is True
+    assert not getattr(build_cls_loss("focal"), "needs_negative_ious", False)

@@ -185,6 +185,10 @@ class HCRACLoss(nn.Module):
         loss_weight: multiplier of the returned loss.
     """
 
+    #: ω for negatives needs each negative prior's max IoU with its image's GTs (SPEC §2);
+    #: the detector computes those only for criteria that ask.
+    needs_negative_ious = True
+
     def __init__(
         self,
         bins: int = 20,
