@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import DeformConv2d
+
+from hcral.models.deform import DeformConv2d
 
 # Largest exponent of an ltrb distance, in strides: e^10 ≈ 22000 strides, far past any image.
 LTRB_EXP_CLAMP = 10.0
