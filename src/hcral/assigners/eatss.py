@@ -49,22 +49,34 @@ def top_per_group(group: Tensor, score: Tensor, index: Tensor, k: int) -> Tensor
     """Mask of the ``k`` best entries of each group: higher score, then lower index.
 
     Args:
-        group: ``(P,)`` int64 group ids.
+        group: ``(P,)`` int64 group ids, non-negative.
         score: ``(P,)`` float32, non-negative.
         index: ``(P,)`` int64 in ``[0, 2³²)``, the tie-breaker.
-        k: entries kept per group.
+        k: entries kept per group, ``k ≥ 1``.
     Returns:
         ``(P,)`` bool.
     """
-    # Non-negative float32 bit patterns order like the floats: one exact int64 key.
-    key = (score.contiguous().view(torch.int32).to(torch.int64) << 32) | (0xFFFFFFFF - index)
-    order = torch.argsort(key, descending=True)
-    order = order[torch.argsort(group[order], stable=True)]
-    _, counts = torch.unique_consecutive(group[order], return_counts=True)
-    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    rank = torch.arange(order.numel(), device=order.device) - starts
+    if not group.numel():
+        return torch.zeros_like(group, dtype=torch.bool)
+    # Non-negative float32 bit patterns order like the floats (31 bits): one exact int64
+    # key (group, score, -index) and a single sort when the three fit in 63 bits.
+    bits = int(index.max()).bit_length()
+    shift = 31 + bits
+    if int(group.max()).bit_length() + shift <= 63:
+        key = (group << shift) | (score.contiguous().view(torch.int32).to(torch.int64) << bits)
+        key |= (1 << bits) - 1 - index
+        order = torch.argsort(key, descending=True)
+    else:
+        key = (score.contiguous().view(torch.int32).to(torch.int64) << 32) | (0xFFFFFFFF - index)
+        order = torch.argsort(key, descending=True)
+        order = order[torch.argsort(group[order], stable=True)]
+    # Sorted by group, an entry ranks < k in its group iff the entry k places earlier
+    # belongs to another group.
+    sorted_group = group[order]
+    top = torch.ones_like(sorted_group, dtype=torch.bool)
+    top[k:] = sorted_group[k:] != sorted_group[:-k]
     keep = torch.zeros_like(group, dtype=torch.bool)
-    keep[order[rank < k]] = True
+    keep[order[top]] = True
     return keep
 
 
