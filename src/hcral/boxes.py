@@ -34,6 +34,7 @@ __all__ = [
     "aligned_eiou",
     "aligned_giou",
     "aligned_iou",
+    "aligned_iou_and_centre_ratio",
     "box_area",
     "box_centers",
     "box_iou",
@@ -157,6 +158,16 @@ def _centre_ratio(a: Tensor, b: Tensor, enc_wh: Tensor) -> Tensor:
 def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of corresponding boxes, ``(..., 4), (..., 4) -> (...)`` in [0, 1]."""
     return _iou(*_prep(boxes1, boxes2))[0]
+
+
+def aligned_iou_and_centre_ratio(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU and ``ρ²/c²`` of corresponding boxes from one preparation, ``(...), (...)``.
+
+    The same values as :func:`aligned_iou` and ``centre_distance_sq / enclosing_diag_sq``,
+    for callers that need both (HCRAR's weights) without preparing the boxes twice.
+    """
+    a, b = _prep(boxes1, boxes2)
+    return _iou(a, b)[0], _centre_ratio(a, b, _enclosing_size(a, b))
 
 
 def enclosing_box(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -17,7 +17,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hcral.boxes import EPS, aligned_giou, centre_distance_sq, enclosing_diag_sq
+from hcral.boxes import (
+    aligned_giou,
+    aligned_iou_and_centre_ratio,
+    centre_distance_sq,
+    enclosing_diag_sq,
+)
 from hcral.losses._reduce import check_reduction, check_reg_call, reduce_loss, to_float
 from hcral.losses._state import RunningStat
 
@@ -59,28 +64,17 @@ def centre_factor(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
 
 @torch.no_grad()
 def iou_and_centre_ratio(pred_boxes: Tensor, target_boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """IoU and ``ρ_c² / c²`` of aligned boxes in one pass, for the detached weights only.
+    """IoU and ``ρ_c² / c²`` of the detached boxes, for the weights only.
 
-    Same values and degenerate-box rules as ``boxes.aligned_iou`` and
-    ``boxes.centre_distance_sq / boxes.enclosing_diag_sq`` (inverted boxes collapse to
-    their centre; areas and c² clamped at ``boxes.EPS``; the tests pin it to them).
-    Those three calls each re-validate, upcast and collapse both inputs; fused, HCRAR's
-    overhead over a plain GIoU loss drops from ~2.6× to under 2× at 1k positives.
+    ``boxes.aligned_iou_and_centre_ratio`` prepares the boxes once for both (inverted
+    boxes collapse to their centre; areas and c² clamped at ``boxes.EPS``).
 
     Args:
         pred_boxes, target_boxes: ``(P, 4)`` xyxy.
     Returns:
         ``(P,)`` IoU in [0, 1] and ``(P,)`` ratio in [0, 1], float32 for half inputs.
     """
-    a, b = to_float(pred_boxes.detach()), to_float(target_boxes.detach())
-    ca, cb = (a[:, :2] + a[:, 2:]) / 2, (b[:, :2] + b[:, 2:]) / 2  # (P, 2) centres
-    a_lt, a_rb = torch.minimum(a[:, :2], ca), torch.maximum(a[:, 2:], ca)
-    b_lt, b_rb = torch.minimum(b[:, :2], cb), torch.maximum(b[:, 2:], cb)
-    inter = (torch.minimum(a_rb, b_rb) - torch.maximum(a_lt, b_lt)).clamp_(min=0).prod(-1)
-    union = (a_rb - a_lt).prod(-1) + (b_rb - b_lt).prod(-1) - inter
-    enclosing = torch.maximum(a_rb, b_rb) - torch.minimum(a_lt, b_lt)
-    c2 = enclosing.square().sum(-1).clamp_(min=EPS)
-    return inter / union.clamp_(min=EPS), (ca - cb).square().sum(-1) / c2
+    return aligned_iou_and_centre_ratio(pred_boxes.detach(), target_boxes.detach())
 
 
 def rci_coefficient(
