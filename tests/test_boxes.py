@@ -36,6 +36,22 @@ def test_eiou_width_height_terms():
     assert B.aligned_eiou(a, b).item() == pytest.approx(0.5 - 0.05 - 0.25)
 
 
+def test_ciou_aspect_term_of_a_point_box_has_a_bounded_gradient():
+    # found on CUDA fuzzing: d atan(w/h)/dw = 1/h was 1/EPS for a point box, inf in fp16
+    target = torch.tensor([[1e-4, 2e-4, 8e-4, 9e-4]], dtype=torch.float16)
+    for pred in ([3e-4, 6e-4, 3e-4, 6e-4], [3e-4, 6e-4, 3e-4, 9e-4]):  # point, zero width
+        pred = torch.tensor([pred], dtype=torch.float16, requires_grad=True)
+        (1 - B.aligned_ciou(pred, target)).sum().backward()
+        assert torch.isfinite(pred.grad).all(), pred.grad
+    # ordinary boxes are untouched by the floor: v as written in the paper
+    a, b = torch.tensor([0.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 0.0, 1.0, 3.0])
+    v = 4 / math.pi**2 * (math.atan(1 / 3) - math.atan(2)) ** 2
+    iou = 1 / (2 + 3 - 1)
+    rho2_c2 = ((1 - 0.5) ** 2 + (0.5 - 1.5) ** 2) / (2**2 + 3**2)
+    expected = iou - rho2_c2 - v / (1 - iou + v) * v
+    assert B.aligned_ciou(a.double(), b.double()).item() == pytest.approx(expected, rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "ours,theirs",
     [

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 EPS = 1e-7
+ASPECT_EPS = 1e-4  # smallest side (px) CIoU's aspect term looks at
 
 __all__ = [
     "EPS",
@@ -216,10 +217,12 @@ def aligned_ciou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     a, b = _prep(boxes1, boxes2)
     iou = _iou(a, b)[0]
-    s1, s2 = _size(a), _size(b)
+    # The aspect angle of a (near-)point box is undefined and d atan(w/h)/dw = 1/h
+    # explodes (1/EPS for a point: inf once cast back to fp16), so sides are floored at
+    # ASPECT_EPS: no effect on boxes of 1e-4 px and more, zero aspect gradient below.
+    s1, s2 = _size(a).clamp(min=ASPECT_EPS), _size(b).clamp(min=ASPECT_EPS)
     v = (4 / math.pi**2) * (
-        torch.atan(s2[..., 0] / s2[..., 1].clamp(min=EPS))
-        - torch.atan(s1[..., 0] / s1[..., 1].clamp(min=EPS))
+        torch.atan(s2[..., 0] / s2[..., 1]) - torch.atan(s1[..., 0] / s1[..., 1])
     ) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v).clamp(min=EPS)

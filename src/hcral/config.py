@@ -75,6 +75,7 @@ class TrainConfig:
     lr_steps: list[int] = field(default_factory=lambda: [8, 11])  # epochs; ×0.1 each
     grad_clip: float = 35.0  # max grad norm; 0 = off
     amp: bool = True  # only takes effect on CUDA
+    deterministic: bool = False  # CUDA: deterministic kernels, so a resumed run is exact
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 1  # epochs

@@ -112,6 +112,7 @@ def toy_config(out_dir: str, **train: Any) -> Config:
         lr_steps=[2],
         log_every=1,
         amp=False,
+        deterministic=True,  # exact resume on CUDA too
         grad_clip=10.0,
     )
     cfg = Config(train=TrainConfig(**(base | train)))

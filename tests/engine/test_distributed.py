@@ -29,7 +29,8 @@ def _torchrun(nproc: int, args: list[str], timeout: float, **env: str):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     cmd += ["-m", "tests.engine._fakes", *args]
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env)
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, **env)
     start = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout

@@ -137,7 +137,8 @@ def test_bad_settings_are_named(tmp_path):
 
 
 def test_sigterm_writes_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     cmd = [
         sys.executable,
         "-m",
@@ -166,3 +167,16 @@ def test_sigterm_writes_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
     assert ckpt["iteration"] == result["iterations"]
     assert ckpt["step_in_epoch"] == result["iterations"] % 3
     assert "got signal" in err
+
+
+def test_deterministic_mode_is_scoped_to_the_run():
+    from hcral.engine.train import deterministic_algorithms
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    with deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+    with deterministic_algorithms(False):
+        assert torch.are_deterministic_algorithms_enabled() == before[0]
