@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -449,3 +450,35 @@ def test_run_compare_with_the_real_engine(tmp_path):
             )
             assert metrics["iterations"] == 2 and "AP" in metrics
     assert (tmp_path / "out" / "cls" / "ap_bars.png").stat().st_size > 1000
+
+
+class ChildTrain:
+    """A picklable fake for ``--jobs``: records the worker's pid, GPU and threads."""
+
+    def __init__(self, fail_cell: str = ""):
+        self.fail_cell = fail_cell
+
+    def __call__(self, cfg: Config, resume=None):
+        cell = Path(cfg.train.output_dir).parent.name
+        print(f"training {cell}")  # goes to the run's train.log, not the terminal
+        if cell == self.fail_cell:
+            raise RuntimeError("worker failed on purpose")
+        ap = 30.0 + cfg.model.cls_loss_args.get("mu", 0)
+        gpu, threads = os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("OMP_NUM_THREADS")
+        return {"AP": ap, "AP50": ap, "AP75": ap, "pid": os.getpid(), "gpu": gpu, "threads": threads}  # noqa: E501
+
+
+def test_run_compare_jobs_trains_in_worker_processes(tmp_path, base_cfg):
+    grid, out = _grid(tmp_path, base_cfg), tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed.*mu=0"):
+        run_compare(grid, 1, out, train_fn=ChildTrain("mu=0"), plots=False, jobs=2, gpus=["7"])
+    done = json.loads((out / "mu" / "mu=5" / "seed_0" / "metrics.json").read_text())
+    assert done["pid"] != os.getpid() and done["gpu"] == "7" and int(done["threads"]) >= 1
+    assert "training mu=5" in (out / "mu" / "mu=5" / "seed_0" / "train.log").read_text()
+    assert "worker failed on purpose" in (out / "mu" / "mu=0" / "seed_0" / "train.log").read_text()
+    run_compare(grid, 1, out, train_fn=ChildTrain(), plots=False, jobs=2)  # only mu=0 left
+    again = json.loads((out / "mu" / "mu=5" / "seed_0" / "metrics.json").read_text())
+    assert again["pid"] == done["pid"]  # finished runs are not trained again
+    assert "30.0" in (out / "results.md").read_text()
+    with pytest.raises(ValueError, match="jobs"):
+        run_compare(grid, 1, out, train_fn=ChildTrain(), jobs=0)

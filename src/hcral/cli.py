@@ -96,7 +96,8 @@ def cmd_make_sample(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from hcral.compare import run_compare
 
-    report = run_compare(args.grid, seeds=args.seeds, out_dir=args.out)
+    gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
+    report = run_compare(args.grid, args.seeds, args.out, jobs=args.jobs, gpus=gpus)
     print(f"comparison report: {report}")
     return 0
 
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", type=Path, help="grid YAML (see configs/ablations/)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per grid cell (3)")
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (1)")
+    p.add_argument("--gpus", default="", help="e.g. 0,1: GPUs the parallel runs use in turn")
     p.set_defaults(func=cmd_compare)
     return parser
 

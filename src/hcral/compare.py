@@ -34,6 +34,12 @@ marks each cell against the reference on AP: ``≈`` when the two intervals over
 ``▲`` / ``▼`` when the cell's interval lies wholly above / below. Overlapping
 intervals are a conservative test (two means can differ significantly while their
 intervals still overlap), which suits a small-scale ablation: a ``▲`` is a real gain.
+
+``--jobs N`` trains up to N runs at once, each in its own process (spawned, so CUDA
+starts clean), with ``cpu_count // N`` threads and its output in
+``seed_<k>/train.log``; ``--gpus 0,1`` hands the runs to those GPUs in turn
+(``CUDA_VISIBLE_DEVICES``). Small models leave most of a big GPU idle, so several
+runs share one well; the numbers do not depend on N.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ import copy
 import itertools
 import json
 import math
+import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -418,6 +426,74 @@ def run_cell_seed(
     return result
 
 
+@dataclass(frozen=True)
+class _Task:
+    study: Study
+    cell: Cell
+    seed: int
+    run_dir: Path
+
+
+def _train_in_child(task: _Task, train_fn: TrainFn | None, threads: int) -> None:
+    """Body of a ``--jobs`` worker process: one (cell, seed), output to its train.log."""
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(task.run_dir / "train.log", "a")  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), 1)  # C-level writes (tqdm, warnings) too
+    os.dup2(log.fileno(), 2)
+    import torch
+
+    torch.set_num_threads(threads)
+    run_cell_seed(task.study, task.cell, task.seed, task.run_dir, train_fn or _default_train())
+
+
+def _child_env(gpu: str | None, threads: int) -> dict[str, str]:
+    env = {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    return env | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
+
+
+def run_parallel(
+    tasks: Sequence[_Task], jobs: int, gpus: Sequence[str] = (), train_fn: TrainFn | None = None
+) -> None:
+    """Train ``tasks`` in at most ``jobs`` spawned processes; raise naming failed runs.
+
+    Each process sees ``gpus[slot % len(gpus)]`` alone when ``gpus`` is given. A stop
+    (Ctrl-C) terminates the workers, which write a checkpoint a rerun resumes from.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending, running, failed, done = list(tasks), {}, [], 0
+    try:
+        while pending or running:
+            free = [s for s in range(jobs) if s not in {slot for _, slot in running.values()}]
+            while pending and free:
+                slot, task = free.pop(0), pending.pop(0)
+                env = _child_env(gpus[slot % len(gpus)] if gpus else None, threads)
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)  # a spawned child copies the environment at start
+                try:
+                    proc = ctx.Process(target=_train_in_child, args=(task, train_fn, threads))
+                    proc.start()
+                finally:
+                    for k, v in saved.items():
+                        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+                running[proc] = (task, slot)
+            time.sleep(0.2)
+            for proc in [p for p in running if not p.is_alive()]:
+                task, _ = running.pop(proc)
+                done += 1
+                if proc.exitcode != 0:
+                    failed.append(str(task.run_dir))
+                    print(f"run failed: {task.run_dir}/train.log", file=sys.stderr)
+                else:
+                    print(f"[{done}/{len(tasks)}] finished {task.run_dir}", flush=True)
+    finally:
+        for proc in running:
+            proc.terminate()
+            proc.join()
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed, see their train.log: {failed}")
+
+
 def _default_train() -> TrainFn:
     from hcral.engine.train import train
 
@@ -436,6 +512,8 @@ def run_compare(
     out_dir: str | Path,
     train_fn: TrainFn | None = None,
     plots: bool = True,
+    jobs: int = 1,
+    gpus: Sequence[str] = (),
 ) -> Path:
     """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
 
@@ -446,14 +524,28 @@ def run_compare(
         train_fn: ``train(cfg, resume=None) -> metrics dict``; default
             :func:`hcral.engine.train.train`. Injected by tests.
         plots: also write ``<study>/ap_bars.png``.
+        jobs: runs trained at once, each in a spawned process (``train_fn`` must then
+            be picklable: a module-level function).
+        gpus: CUDA device ids handed to the ``jobs`` processes in turn.
     Returns:
         Path of ``out_dir/results.md`` holding every study's table (each study's table
         is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
     """
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     studies = load_grid(grid_path)
     out = Path(out_dir)
+    if jobs > 1:
+        tasks = [
+            _Task(study, cell, k, out / study.name / cell.name / f"seed_{k}")
+            for study in studies
+            for cell in study.cells
+            for k in range(seeds)
+        ]
+        todo = [t for t in tasks if not (t.run_dir / "metrics.json").is_file()]
+        run_parallel(todo, jobs, gpus, train_fn)
     train_fn = train_fn or _default_train()
     parts = [f"# Results of `{Path(grid_path).name}` ({seeds} seed(s) per cell)\n"]
     for study in studies:

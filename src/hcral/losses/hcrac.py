@@ -11,6 +11,11 @@ GHM-C (:mod:`hcral.losses.ghm`) reweighted per entry by
 so that ``L = (1/N) Σ_ic ω·β·ρ·BCE(x_ic, y_ic)`` (Eq. 6). All weights are detached.
 A positive already scored at or above its IoU gets ρ = 0 on its own class entry (SPEC
 P2, "stays 0 above it"): docs/method.md explains why this is kept as written.
+
+``HCRACLoss(base="focal")`` is a variant outside SPEC (docs/method.md §2, "focal base"):
+the same ω and ρ on the focal loss instead of GHM-C, ``L = Σ_ic ω·ρ·FL_ic / N_pos``.
+It keeps P1–P3 (they are properties of ω·ρ) and reduces to focal loss when ω = ρ = 1,
+as the SPEC form reduces to GHM-C (P0).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hcral.losses._reduce import check_cls_call, check_reduction
+from hcral.losses._reduce import check_cls_call, check_reduction, one_hot_targets
 from hcral.losses._state import RunningStat
+from hcral.losses.focal import _check_focal_params, sigmoid_focal_loss
 from hcral.losses.ghm import (
     BinCountEMA,
     _check_bins,
@@ -29,7 +35,16 @@ from hcral.losses.ghm import (
     weighted_bce,
 )
 
-__all__ = ["HCRACLoss", "adaptive_omega", "hcrac_loss", "hcrac_weight", "rci_numerator"]
+__all__ = [
+    "HCRACLoss",
+    "adaptive_omega",
+    "hcrac_loss",
+    "hcrac_weight",
+    "omega_rho_factors",
+    "rci_numerator",
+]
+
+BASES = ("ghm", "focal")
 
 
 def adaptive_omega(ious: Tensor, positive: Tensor, theta: float = 0.7) -> Tensor:
@@ -66,6 +81,51 @@ def _check_hcrac_params(bins: int, mu: float, theta: float, eps: float) -> None:
 
 
 @torch.no_grad()
+def omega_rho_factors(
+    labels: Tensor,
+    ious: Tensor,
+    scores: Tensor,
+    num_classes: int,
+    *,
+    rho_mean: Tensor | float | None = None,
+    mu: float = 5.0,
+    theta: float = 0.7,
+    use_omega: bool = True,
+    use_rci: bool = True,
+    eps: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """ω·ρ as two ``(P,)`` factors: one for a prior's whole row, one for its label entry.
+
+    A background prior's row takes its ω; a positive's row keeps 1 (other-class
+    entries: confusion is not localisation) and its labelled entry takes ``ω·ρ``.
+    Args as :func:`hcrac_weight`, with ``num_classes`` = C.
+    Returns:
+        ``row (P,)``, ``at_label (P,)`` float32 (``at_label`` is 1 for background).
+    """
+    positive = labels < num_classes
+    row = torch.ones_like(scores, dtype=torch.float32)
+    at_label = torch.ones_like(row)
+    if use_omega:
+        omega = adaptive_omega(ious, positive, theta)
+        row = torch.where(positive, 1.0, omega)
+        at_label = torch.where(positive, omega, at_label)
+    if use_rci:
+        num = rci_numerator(ious, scores, mu)
+        if rho_mean is None:
+            rho_mean = (num * positive).sum() / positive.sum().clamp(min=1)
+        rho_mean = torch.as_tensor(rho_mean, dtype=torch.float32, device=num.device)
+        at_label = torch.where(positive, at_label * num / rho_mean.clamp(min=eps), at_label)
+    return row, at_label
+
+
+def _apply_factors(weight: Tensor, labels: Tensor, row: Tensor, at_label: Tensor) -> Tensor:
+    """``weight (P, C)`` times ``row`` per row and ``at_label`` at each label, in place."""
+    weight.mul_(row[:, None])
+    col = labels.clamp(max=weight.shape[1] - 1)[:, None]
+    return weight.scatter_(1, col, weight.gather(1, col) * at_label[:, None])
+
+
+@torch.no_grad()
 def hcrac_weight(
     idx: Tensor,
     labels: Tensor,
@@ -94,24 +154,19 @@ def hcrac_weight(
     Returns:
         ``(P, C)`` float32.
     """
-    c = idx.shape[1]
-    weight = beta[idx]  # (P, C)
-    positive = labels < c
-    at_label = torch.ones_like(scores, dtype=torch.float32)  # (P,) factor at (i, label_i)
-    if use_omega:
-        omega = adaptive_omega(ious, positive, theta)
-        # Other-class entries of a positive keep ω = 1: confusion is not localisation.
-        weight.mul_(torch.where(positive, 1.0, omega)[:, None])
-        at_label = torch.where(positive, omega, at_label)
-    if use_rci:
-        num = rci_numerator(ious, scores, mu)
-        if rho_mean is None:
-            rho_mean = (num * positive).sum() / positive.sum().clamp(min=1)
-        rho_mean = torch.as_tensor(rho_mean, dtype=torch.float32, device=num.device)
-        at_label = torch.where(positive, at_label * num / rho_mean.clamp(min=eps), at_label)
-    col = labels.clamp(max=c - 1)[:, None]
-    weight.scatter_(1, col, weight.gather(1, col) * at_label[:, None])
-    return weight
+    row, at_label = omega_rho_factors(
+        labels,
+        ious,
+        scores,
+        idx.shape[1],
+        rho_mean=rho_mean,
+        mu=mu,
+        theta=theta,
+        use_omega=use_omega,
+        use_rci=use_rci,
+        eps=eps,
+    )
+    return _apply_factors(beta[idx], labels, row, at_label)
 
 
 def hcrac_loss(
@@ -172,10 +227,13 @@ def hcrac_loss(
 class HCRACLoss(nn.Module):
     """HCRAC criterion: GHM counts and ρ̄ kept as EMAs, synced across ranks.
 
-    ``forward(logits, labels, ious, avg_factor)`` per docs/architecture.md;
-    ``avg_factor`` is unused (the loss normalises by its own N, averaged over ranks).
+    ``forward(logits, labels, ious, avg_factor)`` per docs/architecture.md. With the
+    GHM-C base ``avg_factor`` is unused (the loss normalises by its own N, averaged
+    over ranks); with the focal base the loss is ``Σ ω·ρ·FL / avg_factor``.
 
     Args:
+        base: ``"ghm"`` (SPEC §2) or ``"focal"`` (the variant of docs/method.md).
+        alpha, gamma: focal loss α and γ (focal base only).
         bins: M (20).
         m_ghm: GHM count EMA momentum, weight of the *old* counts (0.75).
         mu: μ (5.0). theta: θ (0.7).
@@ -191,6 +249,9 @@ class HCRACLoss(nn.Module):
 
     def __init__(
         self,
+        base: str = "ghm",
+        alpha: float | None = 0.25,
+        gamma: float = 2.0,
         bins: int = 20,
         m_ghm: float = 0.75,
         mu: float = 5.0,
@@ -202,7 +263,11 @@ class HCRACLoss(nn.Module):
         loss_weight: float = 1.0,
     ):
         super().__init__()
+        if base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {base!r}")
+        _check_focal_params(alpha, gamma)
         _check_hcrac_params(bins, mu, theta, eps)
+        self.base, self.alpha, self.gamma = base, alpha, gamma
         if not 0.0 <= m_ghm < 1.0:
             raise ValueError(f"m_ghm must be in [0, 1), got {m_ghm}")
         if not 0.0 < m_rci <= 1.0:
@@ -218,6 +283,8 @@ class HCRACLoss(nn.Module):
     ) -> Tensor:
         check_cls_call(logits, labels, ious, avg_factor)
         labels = labels.long()
+        if self.base == "focal":
+            return self._focal_forward(logits, labels, ious, avg_factor)
         idx, scores = gradient_bins(logits, labels, self.bins)
         with torch.no_grad():
             smoothed, batch, ranks = self.bin_counts.update(bin_histogram(idx, self.bins))
@@ -243,7 +310,44 @@ class HCRACLoss(nn.Module):
         mean_entries = (batch.sum() / ranks).clamp(min=1)
         return weighted_bce(logits, labels, weight) / mean_entries * self.loss_weight
 
+    def _focal_forward(
+        self, logits: Tensor, labels: Tensor, ious: Tensor, avg_factor: float | Tensor
+    ) -> Tensor:
+        """``loss_weight · Σ_ic ω·ρ·FL(x_ic, y_ic) / avg_factor`` (ω, ρ detached)."""
+        c = logits.shape[1]
+        with torch.no_grad():
+            positive = labels < c
+            p = logits.detach().float().sigmoid()
+            scores = p.gather(1, labels.clamp(max=c - 1)[:, None])[:, 0]
+            rho_mean = None
+            if self.use_rci:
+                num = rci_numerator(ious, scores, self.mu) * positive
+                rho_mean = self.rho_mean.update(num.sum(), positive.sum())
+            row, at_label = omega_rho_factors(
+                labels,
+                ious,
+                scores,
+                c,
+                rho_mean=rho_mean,
+                mu=self.mu,
+                theta=self.theta,
+                use_omega=self.use_omega,
+                use_rci=self.use_rci,
+                eps=self.eps,
+            )
+            weight = _apply_factors(torch.ones_like(p), labels, row, at_label)
+        targets = one_hot_targets(labels, c)
+        loss = sigmoid_focal_loss(logits, targets, self.alpha, self.gamma, reduction="none")
+        return (loss * weight).sum() * self.loss_weight / avg_factor
+
     def extra_repr(self) -> str:
+        if self.base == "focal":
+            return (
+                f"base=focal, alpha={self.alpha}, gamma={self.gamma}, mu={self.mu}, "
+                f"theta={self.theta}, m_rci={self.m_rci}, eps={self.eps}, "
+                f"use_omega={self.use_omega}, use_rci={self.use_rci}, "
+                f"loss_weight={self.loss_weight}"
+            )
         return (
             f"bins={self.bins}, m_ghm={self.m_ghm}, mu={self.mu}, theta={self.theta}, "
             f"m_rci={self.m_rci}, eps={self.eps}, use_omega={self.use_omega}, "
