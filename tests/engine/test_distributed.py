@@ -30,7 +30,9 @@ def _torchrun(nproc: int, args: list[str], timeout: float, **env: str):
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     cmd += ["-m", "tests.engine._fakes", *args]
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, **env)
+    # gloo on CPU: the tests start 2 ranks, more than a 1-GPU machine has GPUs
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, CUDA_VISIBLE_DEVICES="")
+    full_env.update(env)
     start = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
@@ -119,3 +121,11 @@ def test_real_fcos_atss_two_ranks_first_step_matches_one_process(tmp_path):
     assert len(loss_keys) >= 3  # the terms and their sum
     for key in loss_keys:
         assert b[key] == pytest.approx(a[key], rel=1e-4), key
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "64")
+    monkeypatch.setenv("RANK", "63")
+    monkeypatch.setenv("LOCAL_RANK", "63")
+    with pytest.raises(RuntimeError, match="needs GPU 63.*nproc_per_node"):
+        du.init_distributed("cuda")

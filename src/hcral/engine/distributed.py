@@ -84,6 +84,13 @@ def init_distributed(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
+        if dev.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"rank {rank} (LOCAL_RANK={local_rank}) needs GPU {dev.index}, but this "
+                f"machine shows {torch.cuda.device_count()}: start at most that many "
+                "processes per node (torchrun --nproc_per_node), or train on CPU "
+                "(CUDA_VISIBLE_DEVICES=)"
+            )
         torch.cuda.set_device(dev)
     if world_size > 1 and not is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s or timeout_from_env())
