@@ -45,7 +45,8 @@ def test_resume_continues_bit_for_bit(tmp_path, stop_at):
             assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), (key, a["iter"])
     full_state = load_checkpoint(tmp_path / "full/last.pt")["model"]
     for name, value in resumed_model.state_dict().items():  # loss-state buffers included
-        torch.testing.assert_close(value, full_state[name], atol=1e-6, rtol=0, msg=name)
+        # .cpu(): train() moved the model to CUDA where there is one; the file is on CPU
+        torch.testing.assert_close(value.cpu(), full_state[name], atol=1e-6, rtol=0, msg=name)
     assert "cls_stat.value" in full_state
 
 
@@ -92,7 +93,7 @@ def test_nonfinite_skip_counts_and_continues(tmp_path):
     assert result["skipped_steps"] == 3  # image 105 is in one batch per epoch
     assert result["iterations"] == 9
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
-    assert not torch.equal(before["head.weight"], model.head.weight.detach())
+    assert not torch.equal(before["head.weight"], model.head.weight.detach().cpu())
     assert math.isfinite(result["final_loss"])
     rows = read_csv(tmp_path / "log.csv")
     assert rows[-1]["skipped"] == 3 and all(math.isfinite(r["loss"]) for r in rows)
