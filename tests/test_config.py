@@ -18,14 +18,17 @@ EXPERIMENTS = [
     "fcos_atss_focal_giou",
     "fcos_atss_hcral",
 ]
+VARIANTS = ["fcos_atss_hcrac_focal"]  # outside SPEC (docs/method.md), sample data only
 
 
 def test_every_experiment_has_a_sample_and_a_coco_config():
     names = {p.stem for p in CONFIGS}
-    assert names == set(EXPERIMENTS) | {f"coco_{e}" for e in EXPERIMENTS}
+    assert names == set(EXPERIMENTS) | {f"coco_{e}" for e in EXPERIMENTS} | set(VARIANTS)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if p.stem not in VARIANTS], ids=lambda p: p.stem
+)
 def test_config_loads_and_is_consistent(path):
     cfg = load_config(path)
     name = path.stem.removeprefix("coco_")
@@ -146,3 +149,17 @@ def test_to_dict_round_trips():
     cfg = load_config(CONFIGS[0])
     assert config_from_dict(cfg.to_dict()) == cfg
     assert isinstance(cfg, Config)
+
+
+def test_focal_base_variant_differs_from_the_baseline_only_in_the_cls_loss():
+    root = Path(__file__).parents[1] / "configs"
+    base, variant = (
+        load_config(root / f"{n}.yaml").to_dict()
+        for n in ("fcos_atss_focal_giou", "fcos_atss_hcrac_focal")
+    )
+    assert variant["model"].pop("cls_loss") == "hcrac"
+    assert variant["model"].pop("cls_loss_args")["base"] == "focal"
+    assert variant["train"].pop("output_dir").endswith("fcos_atss_hcrac_focal")
+    for d in (base["model"], base["train"]):
+        d.pop("cls_loss", None), d.pop("cls_loss_args", None), d.pop("output_dir", None)
+    assert variant == base
