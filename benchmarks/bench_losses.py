@@ -12,7 +12,9 @@ before the call; on CPU the allocation/free events of ``torch.profiler``
 their running sum. Both count what one forward + backward allocates on top of its
 inputs, including the input's gradient (``.grad`` is reset first).
 
-Usage: ``python benchmarks/bench_losses.py [--rounds 15] [--device cpu]``
+Usage: ``python benchmarks/bench_losses.py [--rounds 15] [--device cpu]``;
+``--profile NAME`` prints where one loss spends its time instead (torch.profiler,
+operators sorted by self time on the device), e.g. ``--profile "HCRAC (ours)"``.
 """
 
 from __future__ import annotations
@@ -129,6 +131,20 @@ def peak_extra_bytes(fn: Callable[[], torch.Tensor], device: torch.device) -> in
     return peak
 
 
+def print_profile(fn: Callable[[], None], device: torch.device, calls: int = 10) -> None:
+    """The operators of ``calls`` forward + backward passes, by self time on ``device``."""
+    for _ in range(3):
+        fn()  # warm-up: allocator, kernel selection
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -136,11 +152,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=80)
     parser.add_argument("--positives", type=int, default=1000)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", metavar="NAME", help="profile one loss (a table row name)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cls_in = make_cls_inputs(args.priors, args.classes, args.positives, device)
     reg_in = make_reg_inputs(args.positives, device)
     fns = cases(cls_in, reg_in)
+    if args.profile:
+        print_profile(fns[args.profile], device)
+        return
     # Two groups: a 1k-box loss timed between 32 MB ones would mostly measure their
     # memory traffic; each loss is compared with its baseline inside its own group.
     groups = (
