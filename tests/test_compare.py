@@ -245,7 +245,8 @@ def test_unknown_config_key_in_cell_is_error(tmp_path, base_cfg):
 # --------------------------------------------------------------------------- shipped grids
 
 EXPECTED_CELLS = {
-    "cls_losses.yaml": {"retinanet": 5, "atss": 5},
+    "cls_losses.yaml": {"retinanet": 6, "atss": 6},  # the paper's five + HCRAC-focal
+    "focal_base.yaml": {"focal_base": 6},
     "reg_losses.yaml": {"retinanet": 6, "atss": 6},
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
