@@ -181,3 +181,14 @@ def test_deterministic_mode_is_scoped_to_the_run():
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
     with deterministic_algorithms(False):
         assert torch.are_deterministic_algorithms_enabled() == before[0]
+
+
+def test_checkpoint_carries_the_training_class_names(tmp_path):
+    class Named(ToyDataset):
+        class_names = ["cat", "dog"]
+
+    cfg = toy_config(str(tmp_path), max_iters=2)
+    train(cfg, model=ToyDetector(), train_set=Named())
+    assert load_checkpoint(tmp_path / "last.pt")["class_names"] == ["cat", "dog"]
+    _run(tmp_path / "plain", max_iters=1)  # a dataset without names stores none
+    assert load_checkpoint(tmp_path / "plain/last.pt")["class_names"] == []

@@ -62,6 +62,7 @@ class RunState:
     iteration: int = 0  # batches consumed in the whole run (skipped steps included)
     skipped_steps: int = 0  # steps dropped for a non-finite loss (on_nonfinite = "skip")
     last_losses: dict[str, float] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)  # the training set's, if it has them
 
 
 @dataclass
@@ -360,6 +361,7 @@ def checkpoint_state(
         "batch_size": cfg.train.batch_size,
         "rng": du.all_gather_object(get_rng_state()),  # one entry per rank
         "config": cfg.to_dict(),
+        "class_names": list(state.class_names),  # so predict needs no annotation file
     }
 
 
@@ -598,6 +600,7 @@ def _train(
         if len(ckpt["rng"]) == info.world_size:
             set_rng_state(ckpt["rng"][info.rank])
         log.info("resumed from %s at iteration %d", ckpt_path, state.iteration)
+    state.class_names = [str(n) for n in getattr(train_set, "class_names", None) or []]
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
