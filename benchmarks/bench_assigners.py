@@ -69,15 +69,15 @@ def random_gts(m: int, device: torch.device, seed: int = 0) -> tuple[torch.Tenso
     return tuple(t.to(device) for t in (boxes, labels, mask, crowd))
 
 
-def call(name: str, m: int, device: torch.device):
+def call(name: str, m: int, device: torch.device, **kwargs):
     """A zero-argument closure running assigner ``name`` on the benchmark scene."""
     anchors = "retinanet" if name == "max_iou" else "atss"
     priors, nlp = REF.fpn_priors(HEIGHT, WIDTH, anchors=anchors, device=device)
     boxes, labels, mask, crowd = random_gts(m, device)
     args = (boxes, labels, mask, crowd, NUM_CLASSES)
     if name == "max_iou":
-        return lambda: ASSIGNERS[name](priors, *args), len(priors)
-    return lambda: ASSIGNERS[name](priors, nlp, *args), len(priors)
+        return lambda: ASSIGNERS[name](priors, *args, **kwargs), len(priors)
+    return lambda: ASSIGNERS[name](priors, nlp, *args, **kwargs), len(priors)
 
 
 def _sync(device: torch.device) -> None:
@@ -139,6 +139,39 @@ def brute_force_ms(m: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def interleaved(fns: dict, reps: int, device: torch.device) -> dict[str, float]:
+    """Median ms of each closure, run in turn ``reps`` times (one warm-up each).
+
+    Alternating the runs exposes every closure to the same machine noise, so the ratios
+    are steadier than those of back-to-back medians. CPU time on CPU, wall time on CUDA.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    for fn in fns.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = clock()
+            fn()
+            _sync(device)
+            times[name].append(clock() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def print_ratios(reps: int, device: torch.device) -> None:
+    """EATSS (window search and dense test) against ATSS, interleaved in this process."""
+    print("\n| M | ATSS ms | EATSS ms | EATSS / ATSS | EATSS dense ms | dense / ATSS |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for m in NUM_GTS:
+        atss, _ = call("atss", m, device)
+        eatss, _ = call("eatss", m, device)
+        dense, _ = call("eatss", m, device, search="dense")
+        ms = interleaved({"atss": atss, "eatss": eatss, "dense": dense}, reps, device)
+        a, e, d = ms["atss"], ms["eatss"], ms["dense"]
+        print(f"| {m} | {a:.2f} | {e:.2f} | {e / a:.2f} | {d:.2f} | {d / a:.2f} |", flush=True)
+
+
 def run_benchmark(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_", "default")
@@ -146,19 +179,16 @@ def run_benchmark(args: argparse.Namespace) -> None:
           f"MALLOC_MMAP_THRESHOLD_={malloc}")  # fmt: skip
     print("| assigner | priors R | M | wall ms (median) | CPU ms (median) | peak MB |")
     print("|---|---:|---:|---:|---:|---:|")
-    cpu_ms: dict[tuple[str, int], float] = {}
     names = [n for n in ("atss", "eatss", "max_iou") if n in args.assigners]
     for m in NUM_GTS:
         for name in names:
             fn, r = call(name, m, device)
             reps = args.reps if name != "max_iou" else max(1, args.reps // 2)
             wall, cpu = timed(fn, reps, device)
-            cpu_ms[name, m] = cpu if device.type == "cpu" else wall
             mem = memory_in_subprocess(name, m, device)
             print(f"| {name} | {r} | {m} | {wall:.1f} | {cpu:.1f} | {mem:.1f} |", flush=True)
     if {"atss", "eatss"} <= set(names):
-        ratios = ", ".join(f"M={m}: {cpu_ms['eatss', m] / cpu_ms['atss', m]:.2f}" for m in NUM_GTS)
-        print(f"\nEATSS / ATSS time: {ratios}")
+        print_ratios(args.reps, device)
     if "atss" in names and not args.skip_brute_force:
         brute = brute_force_ms(100, device)
         fast, _ = timed(call("atss", 100, device)[0], args.reps, device)

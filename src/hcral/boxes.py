@@ -156,8 +156,23 @@ def _centre_ratio(a: Tensor, b: Tensor, enc_wh: Tensor) -> Tensor:
     return rho2 / (enc_wh**2).sum(-1).clamp(min=EPS)
 
 
-def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of corresponding boxes, ``(..., 4), (..., 4) -> (...)`` in [0, 1]."""
+def aligned_iou(boxes1: Tensor, boxes2: Tensor, *, assume_valid: bool = False) -> Tensor:
+    """IoU of corresponding boxes, ``(..., 4), (..., 4) -> (...)`` in [0, 1].
+
+    ``assume_valid``: the caller guarantees ``x1 ≤ x2`` and ``y1 ≤ y2`` for every box, so
+    the collapse of inverted boxes (a no-op on valid boxes) is skipped: same values,
+    fewer kernels (the assigners' hot path).
+    """
+    if assume_valid:
+        _check_boxes(boxes1, "boxes1")
+        _check_boxes(boxes2, "boxes2")
+        a, b = _upcast(boxes1), _upcast(boxes2)
+        # _iou's arithmetic in fewer kernels (a product over two entries is the same
+        # single multiplication): bit-identical values.
+        wh = torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])
+        inter = wh.clamp_(min=0).prod(-1)
+        union = (a[..., 2:] - a[..., :2]).prod(-1) + (b[..., 2:] - b[..., :2]).prod(-1) - inter
+        return inter / union.clamp_(min=EPS)
     return _iou(*_prep(boxes1, boxes2))[0]
 
 

@@ -44,17 +44,14 @@ def centre_distance_sq(points: Tensor, centres: Tensor) -> Tensor:
     """
     dx = points[..., 0] - centres[..., 0]
     dy = points[..., 1] - centres[..., 1]
-    return dx * dx + dy * dy
+    return dx.mul_(dx).add_(dy.mul_(dy))  # in place: two temporaries, not four
 
 
 def centre_inside(points: Tensor, boxes: Tensor, eps: float = INSIDE_EPS) -> Tensor:
     """Whether ``(..., 2)`` points lie inside broadcastable ``(..., 4)`` boxes by > eps."""
-    return (
-        (points[..., 0] - boxes[..., 0] > eps)
-        & (points[..., 1] - boxes[..., 1] > eps)
-        & (boxes[..., 2] - points[..., 0] > eps)
-        & (boxes[..., 3] - points[..., 1] > eps)
-    )
+    margin = torch.minimum(points - boxes[..., :2], boxes[..., 2:] - points)  # (..., 2)
+    # minimum propagates NaN, which compares False, as each side alone would.
+    return torch.minimum(margin[..., 0], margin[..., 1]) > eps
 
 
 def check_levels(num_level_priors: Sequence[int], num_priors: int, topk: int) -> None:
@@ -147,16 +144,22 @@ class AtssState:
         best_iou: ``(N·R,)`` float IoU with it (``-inf`` where unassigned).
         bound: ``(N, M)`` largest squared centre distance among the GT's candidates
             whose centre is inside it (``-inf``: none) — the EATSS fallback ``d_max²``.
-        claims: when collected, ``(gid, flat, dist_sq)`` of every positive claim before
-            conflicts are resolved; ``gid = n·M + g`` and ``flat = n·R + r``.
+        centres: ``(R, 2)`` prior centres.
+        gt_centres: ``(N, M, 2)`` GT centres.
+        pos_dist: when collected, ``(N, M)`` largest squared centre distance among the
+            GT's positives that survived the conflict resolution (``-inf``: none) — the
+            EATSS ``d_max²``.
         pairs: when collected, ``(gid, flat, dist_sq)`` of the (GT, prior) pairs with the
-            prior centre within ``bound`` of the GT centre.
+            prior centre within ``bound`` of the GT centre; ``gid = n·M + g`` and
+            ``flat = n·R + r``.
     """
 
     best_gt: Tensor
     best_iou: Tensor
     bound: Tensor
-    claims: Pairs | None = None
+    centres: Tensor
+    gt_centres: Tensor
+    pos_dist: Tensor | None = None
     pairs: Pairs | None = None
 
 
@@ -168,26 +171,43 @@ def _cat(parts: list[Pairs], device: torch.device) -> Pairs:
     return torch.cat(gid), torch.cat(flat), torch.cat(dist)
 
 
+def _surviving_max(best_gt: Tensor, claims: list[tuple[slice, Tensor, Tensor]], n: int, m: int):
+    """``(N, M)`` largest claim distance per GT among the claims it won (``-inf``: none).
+
+    ``claims`` holds per GT chunk its slice, ``(N, G, K)`` flat prior indices and claim
+    distances (``-inf`` where not a claim).
+    """
+    out = torch.full((n, m), -math.inf, device=best_gt.device)
+    for sl, flat, dist in claims:
+        gt_idx = torch.arange(sl.start, sl.stop, device=best_gt.device)[None, :, None]
+        won = best_gt.index_select(0, flat.view(-1)).view_as(flat) == gt_idx
+        out[:, sl] = torch.where(won, dist, -math.inf).amax(-1)
+    return out
+
+
 def atss_core(
     inputs: AssignInputs,
     num_level_priors: Sequence[int],
     topk: int,
     chunk_size: int | None,
     collect: bool = False,
+    dense_pairs: bool = True,
 ) -> AtssState:
-    """Run ATSS over GT chunks; ``collect`` keeps the sparse claims and pairs EATSS needs."""
+    """Run ATSS over GT chunks; ``collect`` adds the positives' ``d_max²`` EATSS needs and,
+    with ``dense_pairs``, the pairs within the fallback radius (one dense test per chunk)."""
     n, m, r = inputs.shape
     dev = inputs.priors.device
     centres = box_centers(inputs.priors)  # (R, 2)
+    gt_centres = box_centers(inputs.boxes)  # (N, M, 2)
     best_iou = torch.full((n * r,), -math.inf, device=dev)
     best_gt = torch.full((n * r,), -1, dtype=torch.int64, device=dev)
     bound = torch.full((n, m), -math.inf, device=dev)
-    claims: list[Pairs] = []
+    claims: list[tuple[slice, Tensor, Tensor]] = []
     pairs: list[Pairs] = []
     img = torch.arange(n, device=dev)[:, None, None]
     for sl in gt_chunks(n, m, r, chunk_size) if r else ():
         boxes = inputs.boxes[:, sl, None, :]  # (N, G, 1, 4)
-        dist_sq = centre_distance_sq(centres, box_centers(boxes))  # (N, G, R)
+        dist_sq = centre_distance_sq(centres, gt_centres[:, sl, None, :])  # (N, G, R)
         cand = nearest_per_level(dist_sq, num_level_priors, topk)  # (N, G, K)
         iou = aligned_iou(inputs.priors[cand], boxes)  # (N, G, K)
         inside = centre_inside(centres[cand], boxes) & inputs.active[:, sl, None]
@@ -199,16 +219,19 @@ def atss_core(
         claim = iou.masked_fill(~pos, -math.inf)
         merge_claims(best_iou, best_gt, flat.flatten(), claim.flatten(), gt_idx.flatten())
         if collect:
-            claims.append(((img * m + gt_idx)[pos], flat[pos], cand_dist[pos]))
-            # A dense test: a strip search over x-sorted priors measured slower here.
+            claims.append((sl, flat, cand_dist.masked_fill(~pos, -math.inf)))
+        if collect and dense_pairs:
+            # For priors that are no grid (grid.py searches windows instead).
             hit = sparse_nonzero((dist_sq <= bound[:, sl, None]).view(-1))
             row, prior = hit.div(r, rounding_mode="floor"), hit % r  # row = i·G + g
             i = row.div(sl.stop - sl.start, rounding_mode="floor")
             gid = row + i * (m - sl.stop + sl.start) + sl.start
             pairs.append((gid, i * r + prior, dist_sq.view(-1)[hit]))
-    if not collect:
-        return AtssState(best_gt, best_iou, bound)
-    return AtssState(best_gt, best_iou, bound, _cat(claims, dev), _cat(pairs, dev))
+    state = AtssState(best_gt, best_iou, bound, centres, gt_centres)
+    if collect:
+        state.pos_dist = _surviving_max(best_gt, claims, n, m)
+        state.pairs = _cat(pairs, dev) if dense_pairs else None
+    return state
 
 
 @torch.no_grad()

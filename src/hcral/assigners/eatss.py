@@ -34,10 +34,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from hcral.assigners.atss import AtssState, atss_core, centre_inside, check_levels
+from hcral.assigners.atss import (
+    AtssState,
+    atss_core,
+    centre_distance_sq,
+    centre_inside,
+    check_levels,
+)
+from hcral.assigners.grid import PriorGrid, prior_grid, window_pairs
 from hcral.assigners.max_iou import AssignInputs, finalize, prepare_inputs
 from hcral.assigners.result import AssignResult
-from hcral.boxes import aligned_iou, box_centers
+from hcral.boxes import aligned_iou
 
 __all__ = ["RANK_EPS", "eatss_assign"]
 
@@ -45,24 +52,37 @@ __all__ = ["RANK_EPS", "eatss_assign"]
 RANK_EPS = 1e-6
 
 
-def top_per_group(group: Tensor, score: Tensor, index: Tensor, k: int) -> Tensor:
-    """Mask of the ``k`` best entries of each group: higher score, then lower index.
+def top_per_group(
+    group: Tensor,
+    score: Tensor,
+    index: Tensor,
+    k: int,
+    num_groups: int | None = None,
+    index_bound: int | None = None,
+) -> Tensor:
+    """Indices of the ``k`` best entries of each group: higher score, then lower index.
 
     Args:
         group: ``(P,)`` int64 group ids, non-negative.
         score: ``(P,)`` float32, non-negative.
         index: ``(P,)`` int64 in ``[0, 2³²)``, the tie-breaker.
         k: entries kept per group, ``k ≥ 1``.
+        num_groups, index_bound: known bounds ``group < num_groups``, ``index <
+            index_bound``; read off the tensors (a device sync) when None.
     Returns:
-        ``(P,)`` bool.
+        ``(K,)`` int64 positions into the inputs, grouped (descending group id).
     """
     if not group.numel():
-        return torch.zeros_like(group, dtype=torch.bool)
+        return group.new_zeros(0)
+    if num_groups is None:
+        num_groups = int(group.max()) + 1
+    if index_bound is None:
+        index_bound = int(index.max()) + 1
     # Non-negative float32 bit patterns order like the floats (31 bits): one exact int64
     # key (group, score, -index) and a single sort when the three fit in 63 bits.
-    bits = int(index.max()).bit_length()
+    bits = (index_bound - 1).bit_length()
     shift = 31 + bits
-    if int(group.max()).bit_length() + shift <= 63:
+    if (num_groups - 1).bit_length() + shift <= 63:
         key = (group << shift) | (score.contiguous().view(torch.int32).to(torch.int64) << bits)
         key |= (1 << bits) - 1 - index
         order = torch.argsort(key, descending=True)
@@ -72,65 +92,102 @@ def top_per_group(group: Tensor, score: Tensor, index: Tensor, k: int) -> Tensor
         order = order[torch.argsort(group[order], stable=True)]
     # Sorted by group, an entry ranks < k in its group iff the entry k places earlier
     # belongs to another group.
-    sorted_group = group[order]
+    sorted_group = group.index_select(0, order)
     top = torch.ones_like(sorted_group, dtype=torch.bool)
     top[k:] = sorted_group[k:] != sorted_group[:-k]
-    keep = torch.zeros_like(group, dtype=torch.bool)
-    keep[order[top]] = True
-    return keep
+    return order.index_select(0, top.nonzero().squeeze(1))
 
 
-def _d_max(state: AtssState, m: int) -> tuple[Tensor, Tensor]:
+def _d_max(state: AtssState) -> tuple[Tensor, Tensor]:
     """``(N·M,)`` d_max² of SPEC §4 step 2 (``-inf``: no extras) and ``(N·M,)`` has-positive."""
-    gid, flat, dist_sq = state.claims
-    won = state.best_gt[flat] == gid % m  # claims that survived ATSS's conflict resolution
-    d_max = torch.full_like(state.bound.flatten(), -math.inf)
-    d_max.scatter_reduce_(0, gid, dist_sq.masked_fill(~won, -math.inf), "amax")
+    d_max = state.pos_dist.view(-1)
     has_pos = d_max > -math.inf
-    return torch.where(has_pos, d_max, state.bound.flatten()), has_pos
+    return torch.where(has_pos, d_max, state.bound.view(-1)), has_pos
 
 
-def _extra_candidates(inputs: AssignInputs, state: AtssState) -> tuple[Tensor, ...]:
-    """SPEC §4 step 3 on the collected pairs: ``(gid, flat, dist, d_max, has_pos)``.
-
-    ``gid``, ``flat``, ``dist`` and ``d_max`` are ``(P,)`` per extra candidate (distances
-    rooted); ``has_pos`` is ``(N·M,)``, whether ATSS gave the GT a positive.
-    """
+def _pairs(
+    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None, radius: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A superset of the step-3 pairs, ``(P,)`` each: ``(gid, prior, flat)``; from the
+    dense test of the ATSS pass, or from the grid windows of ``(N·M,)`` radii ``d_max``."""
     n, m, r = inputs.shape
-    gid, flat, dist_sq = state.pairs
-    d_max_sq, has_pos = _d_max(state, m)
-    centres = box_centers(inputs.priors)[flat % r]
+    if grid is None:
+        gid, flat, _ = state.pairs
+        return gid, flat % r, flat
+    boxes, centres = inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2)
+    return window_pairs(grid, boxes, centres, radius, m, r)
+
+
+def _extra_candidates(
+    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None
+) -> tuple[Tensor, ...]:
+    """SPEC §4 step 3 per extra candidate: ``(P,)`` gid, prior and flat indices, ``(P, 8)``
+    its GT's row of the GT table (box, centre, d_max², d_max) and ``(P,)`` distance; plus
+    ``(N·M,)`` has_pos, whether ATSS gave the GT a positive."""
+    n, m, _ = inputs.shape
+    d_max_sq, has_pos = _d_max(state)
+    radius = d_max_sq.clamp(min=0).sqrt()  # no candidate (-inf): a window the tests reject
+    # One gather per pair fetches everything the tests and the rank need of its GT.
+    table = torch.cat(
+        (inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2), d_max_sq[:, None],
+         radius[:, None]), dim=1,
+    )  # fmt: skip
+    gid, prior, flat = _pairs(inputs, state, grid, radius)
+    gt = table.index_select(0, gid)  # (P, 8)
+    centres = state.centres.index_select(0, prior)
+    # The same elementwise expression as the ATSS pass: bit-identical distances.
+    dist_sq = centre_distance_sq(centres, gt[:, 4:6])
     keep = (
-        (state.best_gt[flat] < 0)
-        & (dist_sq <= d_max_sq[gid])
-        & centre_inside(centres, inputs.boxes.view(n * m, 4)[gid])
+        (state.best_gt.index_select(0, flat) < 0)
+        & (dist_sq <= gt[:, 6])
+        & centre_inside(centres, gt[:, :4])
     )
-    gid, flat = gid[keep], flat[keep]
-    return gid, flat, dist_sq[keep].sqrt(), d_max_sq[gid].sqrt(), has_pos
+    idx = keep.nonzero().squeeze(1)
+    picked = (t.index_select(0, idx) for t in (gid, prior, flat, gt, dist_sq.sqrt()))
+    return *picked, has_pos
+
+
+def _resolve(flat: Tensor, gid: Tensor, score: Tensor, has_pos: Tensor, m: int) -> Tensor:
+    """Positions of the picks that keep their prior when several GTs picked it (module doc)."""
+    # One exact int64 key per pick: (GT without ATSS positives, score, -GT index).
+    low = (1 << 31) - 1
+    key = (~has_pos.index_select(0, gid)).to(torch.int64) << 62
+    key |= score.view(torch.int32).to(torch.int64) << 31
+    key |= low - gid % m
+    # Best key first, then grouped by prior (stable): the first pick of each prior wins.
+    # Two sorts of the few picks instead of a scatter into an (N·R,) buffer.
+    order = torch.argsort(key, descending=True)
+    order = order.index_select(0, torch.argsort(flat.index_select(0, order), stable=True))
+    sorted_flat = flat.index_select(0, order)
+    first = torch.ones_like(sorted_flat, dtype=torch.bool)
+    first[1:] = sorted_flat[1:] != sorted_flat[:-1]
+    return order.index_select(0, first.nonzero().squeeze(1))
 
 
 def _extras(
-    inputs: AssignInputs, state: AtssState, pred_boxes: Tensor | None, num_extra: int
+    inputs: AssignInputs,
+    state: AtssState,
+    grid: PriorGrid | None,
+    pred_boxes: Tensor | None,
+    num_extra: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The extra positives: ``(E,)`` flat prior index ``n·R + r``, GT index and prior IoU."""
     n, m, r = inputs.shape
-    gid, flat, dist, d_max, has_pos = _extra_candidates(inputs, state)
-    gt_boxes = inputs.boxes.view(n * m, 4)[gid]
-    prior_boxes = inputs.priors[flat % r]
-    iou = aligned_iou(prior_boxes, gt_boxes)
-    ranked = iou if pred_boxes is None else aligned_iou(pred_boxes.view(n * r, 4)[flat], gt_boxes)
-    score = torch.nan_to_num(ranked, nan=0.0) * (1 - dist / (d_max + RANK_EPS))
-    pick = top_per_group(gid, score, flat % r, num_extra)
-    gid, score, flat, iou = gid[pick], score[pick], flat[pick], iou[pick]
-    # One exact int64 key per claim: (GT without ATSS positives, score, -GT index).
-    low = (1 << 31) - 1
-    key = (~has_pos[gid]).to(torch.int64) << 62
-    key |= score.view(torch.int32).to(torch.int64) << 31
-    key |= low - gid % m
-    best = torch.full((n * r,), -1, dtype=torch.int64, device=key.device)
-    best.scatter_reduce_(0, flat, key, "amax")
-    won = best[flat] == key
-    return flat[won], gid[won] % m, iou[won]
+    gid, prior, flat, gt, dist, has_pos = _extra_candidates(inputs, state, grid)
+    # Active GTs and the priors are valid boxes: no inverted-box handling needed.
+    iou = aligned_iou(inputs.priors.index_select(0, prior), gt[:, :4], assume_valid=True)
+    weight = 1 - dist / (gt[:, 7] + RANK_EPS)
+    if pred_boxes is None:
+        score = iou * weight
+    else:
+        ranked = aligned_iou(pred_boxes.view(n * r, 4).index_select(0, flat), gt[:, :4])
+        score = torch.nan_to_num(ranked, nan=0.0) * weight
+    pick = top_per_group(gid, score, prior, num_extra, n * m, r)
+    gid, flat, iou, score = (t.index_select(0, pick) for t in (gid, flat, iou, score))
+    if m > 1:  # with one GT per image no prior is picked twice
+        won = _resolve(flat, gid, score, has_pos, m)
+        gid, flat, iou = (t.index_select(0, won) for t in (gid, flat, iou))
+    return flat, gid % m, iou
 
 
 @torch.no_grad()
@@ -147,6 +204,7 @@ def eatss_assign(
     pred_boxes: Tensor | None = None,
     *,
     chunk_size: int | None = None,
+    search: str = "grid",
 ) -> AssignResult:
     """EATSS assignment of a batch (rules: module doc; crowd/degenerate GTs: max_iou.py).
 
@@ -163,6 +221,9 @@ def eatss_assign(
         pred_boxes: optional ``(N, R, 4)`` decoded predictions; when given, extras are
             ranked by the predicted boxes' IoU (``use_pred_boxes``).
         chunk_size: GTs per chunk; None keeps each ``(N, G, R)`` temporary ≤ 4M elements.
+        search: how the extra candidates are found: ``"grid"`` (window search when the
+            priors form one grid per level, see grid.py; the dense test otherwise) or
+            ``"dense"`` (always the dense test). Both give the same result.
     Returns:
         :class:`AssignResult` with ``(N, R)`` tensors; ``max_ious`` is the prior's IoU.
     """
@@ -171,14 +232,19 @@ def eatss_assign(
     check_levels(num_level_priors, r, topk)
     if num_extra < 0:
         raise ValueError(f"num_extra must be >= 0, got {num_extra}")
+    if search not in ("grid", "dense"):
+        raise ValueError(f"search must be 'grid' or 'dense', got {search!r}")
     if pred_boxes is not None and tuple(pred_boxes.shape) != (n, r, 4):
         raise ValueError(f"pred_boxes must have shape {(n, r, 4)}, got {tuple(pred_boxes.shape)}")
     extra = num_extra > 0 and m > 0 and r > 0
-    state = atss_core(inputs, num_level_priors, topk, chunk_size, collect=extra)
+    grid = prior_grid(priors, num_level_priors) if extra and search == "grid" else None
+    state = atss_core(
+        inputs, num_level_priors, topk, chunk_size, collect=extra, dense_pairs=grid is None
+    )
     gt_inds, ious = state.best_gt, state.best_iou
     if extra:
         pred = None if pred_boxes is None else pred_boxes.detach().float()
-        flat, extra_gt, extra_iou = _extras(inputs, state, pred, num_extra)
-        gt_inds = gt_inds.index_put((flat,), extra_gt)
-        ious = ious.index_put((flat,), extra_iou)
+        flat, extra_gt, extra_iou = _extras(inputs, state, grid, pred, num_extra)
+        gt_inds.index_put_((flat,), extra_gt)  # the state's own buffers
+        ious.index_put_((flat,), extra_iou)
     return finalize(inputs, gt_inds.view(n, r), ious.view(n, r), num_classes, chunk_size=chunk_size)

@@ -1,0 +1,180 @@
+"""Window search over grid-shaped priors: EATSS extra candidates without a dense pass.
+
+The EATSS extra candidates of a GT (SPEC §4 step 3) have their centre inside the GT
+and within ``d_max`` of its centre. When the priors of every level sit on a regular
+row-major grid — one prior per location, centre of cell ``(i, j)`` at
+``(x0 + s·i, y0 + s·j)``, index ``start + j·W + i``, as :mod:`hcral.models.priors`
+lays out ATSS/FCOS priors — the cells that can hold such a centre form one window per
+(GT, level): the cells of the GT box clipped to the square around the disc. The
+windows are enumerated as sparse (GT, prior) pairs in ``O(pairs)`` instead of testing
+all ``N·M·R`` distances; EATSS then applies its exact tests to the pairs, so the
+windows only need to be a superset (they are, by up to one cell per side of slack).
+
+Detecting the grid costs a few synchronising reads, so the result is cached per priors
+tensor (weakly, keyed by identity and checked against its version counter): the
+detectors pass the same cached priors tensor every step. Priors that are not such a
+grid (several anchors per location, irregular points) get ``None`` and EATSS falls back
+to the dense test.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+from hcral.boxes import box_centers
+
+__all__ = ["PriorGrid", "detect_grid", "prior_grid", "window_pairs"]
+
+# A centre may deviate from its ideal grid position by GRID_TOL of the stride. Window
+# bounds are widened by WINDOW_SLACK cells (deviation plus float error, in float64), so
+# they are a superset of the exact tests without whole cells of slack.
+GRID_TOL = 1e-3
+WINDOW_SLACK = 1e-2
+
+_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_LAST: list = [None]  # (weak ref to the priors, key, grid) of the latest lookup
+
+
+@dataclass(frozen=True)
+class PriorGrid:
+    """Per-level grid parameters over the non-empty levels (L' of them).
+
+    The window arithmetic works on signed bounds ``(x_lo, y_lo, -x_hi, -y_hi)`` so that
+    one ``floor`` gives the first cell and minus the last cell of a window.
+
+    Attributes:
+        start: ``(L',)`` int64 index of the level's first prior.
+        width: ``(L',)`` int64 cells per row.
+        origin: ``(L', 4)`` float64 ``-(x0, y0, -x0, -y0) / stride - WINDOW_SLACK``:
+            signed bound ``b`` (px) lies ``b / stride + origin`` cells past cell 0.
+        inv_stride: ``(L', 1)`` float64 ``1 / stride``, px⁻¹.
+        sign: ``(4,)`` float32 ``(1, 1, -1, -1)``.
+        cell_min, cell_max: ``(L', 4)`` float64 clamp of the signed cell bounds:
+            first cell in ``[0, W]``, last cell in ``[-1, W-1]`` (same for rows).
+    """
+
+    start: Tensor
+    width: Tensor
+    origin: Tensor
+    inv_stride: Tensor
+    sign: Tensor
+    cell_min: Tensor
+    cell_max: Tensor
+
+
+def _level_grid(centres: Tensor) -> tuple[float, float, float, int, int] | None:
+    """``(x0, y0, s, W, H)`` when ``(R_l, 2)`` centres form a row-major grid, else None."""
+    count = centres.shape[0]
+    x0, y0 = centres[0].tolist()
+    xs, ys = centres[:, 0], centres[:, 1]
+    if count == 1:
+        return (x0, y0, 1.0, 1, 1) if math.isfinite(x0) and math.isfinite(y0) else None
+    step_x, step_y = float(xs[1]) - x0, float(ys[1]) - y0
+    # The second prior is the next cell of the first row, or of the first column (W = 1).
+    stride = step_x if abs(step_y) < 0.5 * abs(step_x) else step_y
+    if not stride > 0:  # also False for NaN
+        return None
+    width = int(((ys - y0).abs() < 0.5 * stride).sum())  # the first row
+    if width < 1 or count % width:
+        return None
+    height = count // width
+    idx = torch.arange(count, device=centres.device)
+    ideal_x = x0 + stride * (idx % width).to(centres.dtype)
+    ideal_y = y0 + stride * idx.div(width, rounding_mode="floor").to(centres.dtype)
+    dev = torch.maximum((xs - ideal_x).abs(), (ys - ideal_y).abs()).max()
+    if not bool(dev <= GRID_TOL * stride):  # also False for NaN
+        return None
+    return x0, y0, stride, width, height
+
+
+def detect_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | None:
+    """The :class:`PriorGrid` of ``(R, 4)`` priors laid out level by level, or None."""
+    centres = box_centers(priors.float())
+    rows = []
+    start = 0
+    for size in num_level_priors:
+        if size:
+            level = _level_grid(centres[start : start + size])
+            if level is None:
+                return None
+            rows.append((start, *level))
+        start += size
+    x0, y0, stride, width, height = (
+        torch.tensor([row[k] for row in rows], dtype=torch.float64) for k in range(1, 6)
+    )
+    zero = torch.zeros_like(x0)
+    grid = PriorGrid(
+        start=torch.tensor([row[0] for row in rows], dtype=torch.int64),
+        width=width.long(),
+        origin=torch.stack((-x0, -y0, x0, y0), -1) / stride[:, None] - WINDOW_SLACK,
+        inv_stride=1 / stride[:, None],
+        sign=torch.tensor([1.0, 1.0, -1.0, -1.0]),
+        cell_min=torch.stack((zero, zero, 1 - width, 1 - height), -1),
+        cell_max=torch.stack((width, height, zero + 1, zero + 1), -1),
+    )
+    return PriorGrid(**{k: v.to(priors.device) for k, v in vars(grid).items()})
+
+
+def prior_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | None:
+    """:func:`detect_grid`, cached per priors tensor (identity, version and levels)."""
+    key = (priors._version, list(num_level_priors))
+    last = _LAST[0]
+    if last is not None and last[0]() is priors and last[1] == key:
+        return last[2]  # the common case: the detector's cached priors, step after step
+    hit = _CACHE.get(priors)
+    if hit is None or hit[0] != key:
+        hit = (key, detect_grid(priors, num_level_priors))
+        _CACHE[priors] = hit
+    _LAST[0] = (weakref.ref(priors), *hit)
+    return hit[1]
+
+
+def window_pairs(
+    grid: PriorGrid, boxes: Tensor, centres: Tensor, radius: Tensor, per_image: int, num_priors: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cells of every (GT, level) window: a superset of the priors whose centre lies in
+    the GT box and within ``radius`` of ``centres``.
+
+    Args:
+        grid: the priors' grid.
+        boxes: ``(N·M, 4)`` float32 xyxy GT boxes, finite, image-major.
+        centres: ``(N·M, 2)`` float32 box centres.
+        radius: ``(N·M,)`` float32 px, ``≥ 0``.
+        per_image: M, boxes per image.
+        num_priors: R.
+    Returns:
+        ``(P,)`` int64 each: box index ``n·M + g``, prior index ``r`` and flat prior
+        index ``n·R + r``; box-major.
+    """
+    r = radius[:, None]
+    signed = torch.cat((centres, -centres), -1) - r  # (B, 4) the disc's square, signed
+    bounds = torch.maximum(boxes * grid.sign, signed)
+    # (B, L', 4): first column, first row, -last column, -last row (the ceiling of the
+    # signed bounds in cells, less the slack), clamped in float so that huge finite
+    # coordinates convert safely.
+    cells = torch.addcmul(grid.origin, bounds[:, None], grid.inv_stride).ceil_()
+    cells = torch.clamp(cells, grid.cell_min, grid.cell_max).long()
+    span = (1 - cells[..., 2:] - cells[..., :2]).clamp_(min=0)  # (B, L', 2) columns, rows
+    count = span.prod(-1).view(-1)  # (B·L',) cells per window
+    # Cell (row, col) of a window is prior base + row·W + col, and its rank in the window
+    # is offset = row·cols + col, so prior = base + offset + row·(W - cols).
+    cols = span[..., 0]
+    base = grid.start + cells[..., 1] * grid.width + cells[..., 0]  # (B, L')
+    box = torch.arange(boxes.shape[0], device=boxes.device)[:, None].expand_as(base)
+    table = torch.stack(
+        (box, base, grid.width - cols, cols, count.cumsum(0).view_as(cols) - count.view_as(cols)),
+        dim=-1,
+    ).view(-1, 5)
+    window = torch.repeat_interleave(count)  # (P,) window b·L' + l of each cell
+    box, base, skip, cols, first = table.index_select(0, window).unbind(-1)
+    offset = torch.arange(window.numel(), device=boxes.device) - first
+    prior = base + offset + offset.div(cols, rounding_mode="floor") * skip
+    flat = box.div(per_image, rounding_mode="floor") * num_priors + prior
+    return box, prior, flat
