@@ -13,10 +13,11 @@ from tests.assigners._scenes import assert_same, pred_boxes_like, scenes
 from tests.assigners.reference import fpn_priors, ref_eatss_assign
 from tests.assigners.test_atss import grid_priors
 
+from hcral.assigners import eatss as eatss_module
 from hcral.assigners import eatss_assign
 from hcral.assigners.atss import INSIDE_EPS, centre_distance_sq, centre_inside
-from hcral.assigners.grid import detect_grid, prior_grid, window_pairs
-from hcral.boxes import box_centers
+from hcral.assigners.grid import detect_grid, iou_bound, prior_grid, window_pairs
+from hcral.boxes import aligned_iou, box_centers
 
 FIXTURE_OK = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -172,3 +173,59 @@ def test_unknown_search_mode_is_refused():
     args = (boxes, torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="search must be"):
         eatss_assign(priors, nlp, *args, None, 3, search="kd-tree")
+
+
+# --- skipping levels by the rank floor ------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=window_cases())
+def test_iou_bound_holds_for_every_prior_of_the_level(case):
+    height, width, boxes, _ = case
+    priors, nlp = fpn_priors(height, width)
+    grid = detect_grid(priors, nlp)
+    bound = iou_bound(grid, boxes)  # (B, L)
+    for level, (start, size) in enumerate(zip(grid.start.tolist(), nlp)):
+        iou = aligned_iou(priors[start : start + size], boxes[:, None, :])  # (B, R_l)
+        assert (iou.double().amax(-1) <= bound[:, level] * (1 + 1e-6) + 1e-7).all()
+
+
+def test_iou_bound_is_reached_by_a_centred_prior():
+    priors = grid_priors(side=16.0, cells=4)  # priors of 16 x 16 px
+    grid = detect_grid(priors, [16])
+    box = torch.tensor([[0.0, 0.0, 32.0, 8.0]])  # 32 x 8: inter ≤ 16·8, union ≥ 256+256-128
+    assert iou_bound(grid, box).item() == pytest.approx(128 / 384)
+
+
+def test_no_level_skipping_when_a_level_mixes_prior_sizes():
+    priors = grid_priors(cells=4)
+    priors[3] += torch.tensor([-1.0, -1.0, 1.0, 1.0])  # one prior of another size
+    assert detect_grid(priors, [16]).prior_wh is None
+
+
+def test_the_floor_skips_levels_a_large_gt_cannot_use():
+    priors, nlp = fpn_priors(512, 512)
+    boxes = torch.tensor([[[40.0, 40.0, 440.0, 420.0]]]).repeat(1, 2, 1)
+    boxes[0, 1] += 10.0
+    args = (boxes, torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, 2, dtype=torch.bool))
+    grid = prior_grid(priors, nlp)
+    flat_boxes = boxes.view(-1, 4)
+    centres = box_centers(flat_boxes)
+    radius = torch.full((2,), 150.0)
+    everything = window_pairs(grid, flat_boxes, centres, radius, 2, len(priors))[1]
+    floor = torch.full((2,), 0.3)  # P3/P4 priors (64, 128 px) have IoU < 0.1 with 400 px
+    kept = window_pairs(grid, flat_boxes, centres, radius, 2, len(priors), floor)[1]
+    assert 0 < kept.numel() < everything.numel() / 10
+    assert (kept >= nlp[0] + nlp[1]).all()
+    assert eatss_assign(priors, nlp, *args, None, 3).pos_mask.sum() > 0
+
+
+@FIXTURE_OK
+@given(scene=scenes(max_gts=8), num_extra=st.integers(1, 4), topk=st.sampled_from([1, 9]))
+def test_level_skipping_keeps_the_reference_result(device, scene, num_extra, topk, monkeypatch):
+    monkeypatch.setattr(eatss_module, "PRUNE_MIN_GTS", 0)  # skip levels in every batch
+    priors, nlp = fpn_priors(scene.height, scene.width, device=device)
+    s = scene.to(device)
+    ours = eatss_assign(priors, nlp, *s.args(), topk=topk, num_extra=num_extra, chunk_size=3)
+    ref = ref_eatss_assign(priors, nlp, *s.args(), topk=topk, num_extra=num_extra)
+    assert_same(ours, ref)

@@ -136,6 +136,26 @@ Pairs = tuple[Tensor, Tensor, Tensor]
 
 
 @dataclass
+class CandidateChunk:
+    """The ATSS candidates of the GTs ``gts`` (a slice of the GT axis), ``(N, G, K)`` each.
+
+    Attributes:
+        flat: int64 flat prior index ``n·R + r``.
+        iou: float32 IoU of the prior with the GT.
+        dist_sq: float32 squared centre distance, px².
+        inside: bool, centre inside the GT (and the GT active).
+        pos: bool, an ATSS positive claim (before conflicts are resolved).
+    """
+
+    gts: slice
+    flat: Tensor
+    iou: Tensor
+    dist_sq: Tensor
+    inside: Tensor
+    pos: Tensor
+
+
+@dataclass
 class AtssState:
     """ATSS result before labelling, plus what EATSS needs.
 
@@ -146,9 +166,7 @@ class AtssState:
             whose centre is inside it (``-inf``: none) — the EATSS fallback ``d_max²``.
         centres: ``(R, 2)`` prior centres.
         gt_centres: ``(N, M, 2)`` GT centres.
-        pos_dist: when collected, ``(N, M)`` largest squared centre distance among the
-            GT's positives that survived the conflict resolution (``-inf``: none) — the
-            EATSS ``d_max²``.
+        candidates: when collected, the ATSS candidates of every GT chunk.
         pairs: when collected, ``(gid, flat, dist_sq)`` of the (GT, prior) pairs with the
             prior centre within ``bound`` of the GT centre; ``gid = n·M + g`` and
             ``flat = n·R + r``.
@@ -159,7 +177,7 @@ class AtssState:
     bound: Tensor
     centres: Tensor
     gt_centres: Tensor
-    pos_dist: Tensor | None = None
+    candidates: list[CandidateChunk] | None = None
     pairs: Pairs | None = None
 
 
@@ -171,20 +189,6 @@ def _cat(parts: list[Pairs], device: torch.device) -> Pairs:
     return torch.cat(gid), torch.cat(flat), torch.cat(dist)
 
 
-def _surviving_max(best_gt: Tensor, claims: list[tuple[slice, Tensor, Tensor]], n: int, m: int):
-    """``(N, M)`` largest claim distance per GT among the claims it won (``-inf``: none).
-
-    ``claims`` holds per GT chunk its slice, ``(N, G, K)`` flat prior indices and claim
-    distances (``-inf`` where not a claim).
-    """
-    out = torch.full((n, m), -math.inf, device=best_gt.device)
-    for sl, flat, dist in claims:
-        gt_idx = torch.arange(sl.start, sl.stop, device=best_gt.device)[None, :, None]
-        won = best_gt.index_select(0, flat.view(-1)).view_as(flat) == gt_idx
-        out[:, sl] = torch.where(won, dist, -math.inf).amax(-1)
-    return out
-
-
 def atss_core(
     inputs: AssignInputs,
     num_level_priors: Sequence[int],
@@ -193,8 +197,8 @@ def atss_core(
     collect: bool = False,
     dense_pairs: bool = True,
 ) -> AtssState:
-    """Run ATSS over GT chunks; ``collect`` adds the positives' ``d_max²`` EATSS needs and,
-    with ``dense_pairs``, the pairs within the fallback radius (one dense test per chunk)."""
+    """Run ATSS over GT chunks; ``collect`` keeps the candidates EATSS needs and, with
+    ``dense_pairs``, the pairs within the fallback radius (one dense test per chunk)."""
     n, m, r = inputs.shape
     dev = inputs.priors.device
     centres = box_centers(inputs.priors)  # (R, 2)
@@ -202,7 +206,7 @@ def atss_core(
     best_iou = torch.full((n * r,), -math.inf, device=dev)
     best_gt = torch.full((n * r,), -1, dtype=torch.int64, device=dev)
     bound = torch.full((n, m), -math.inf, device=dev)
-    claims: list[tuple[slice, Tensor, Tensor]] = []
+    candidates: list[CandidateChunk] = []
     pairs: list[Pairs] = []
     img = torch.arange(n, device=dev)[:, None, None]
     for sl in gt_chunks(n, m, r, chunk_size) if r else ():
@@ -219,7 +223,7 @@ def atss_core(
         claim = iou.masked_fill(~pos, -math.inf)
         merge_claims(best_iou, best_gt, flat.flatten(), claim.flatten(), gt_idx.flatten())
         if collect:
-            claims.append((sl, flat, cand_dist.masked_fill(~pos, -math.inf)))
+            candidates.append(CandidateChunk(sl, flat, iou, cand_dist, inside, pos))
         if collect and dense_pairs:
             # For priors that are no grid (grid.py searches windows instead).
             hit = sparse_nonzero((dist_sq <= bound[:, sl, None]).view(-1))
@@ -229,7 +233,7 @@ def atss_core(
             pairs.append((gid, i * r + prior, dist_sq.view(-1)[hit]))
     state = AtssState(best_gt, best_iou, bound, centres, gt_centres)
     if collect:
-        state.pos_dist = _surviving_max(best_gt, claims, n, m)
+        state.candidates = candidates
         state.pairs = _cat(pairs, dev) if dense_pairs else None
     return state
 

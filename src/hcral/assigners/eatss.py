@@ -50,6 +50,8 @@ __all__ = ["RANK_EPS", "eatss_assign"]
 
 # Only keeps the rank finite when d_max = 0 (a single candidate at the GT centre).
 RANK_EPS = 1e-6
+# Skip pyramid levels by the rank floor from this many GTs in the batch on (grid.py).
+PRUNE_MIN_GTS = 16
 
 
 def top_per_group(
@@ -98,41 +100,75 @@ def top_per_group(
     return order.index_select(0, top.nonzero().squeeze(1))
 
 
-def _d_max(state: AtssState) -> tuple[Tensor, Tensor]:
-    """``(N·M,)`` d_max² of SPEC §4 step 2 (``-inf``: no extras) and ``(N·M,)`` has-positive."""
-    d_max = state.pos_dist.view(-1)
-    has_pos = d_max > -math.inf
-    return torch.where(has_pos, d_max, state.bound.view(-1)), has_pos
+def _rank_score(iou: Tensor, dist: Tensor, d_max: Tensor) -> Tensor:
+    """SPEC §4 step 4 rank ``IoU · (1 − d / (d_max + ε))``; one expression for all callers."""
+    return iou * (1 - dist / (d_max + RANK_EPS))
+
+
+def _d_max(state: AtssState, m: int, num_extra: int, floor: bool) -> tuple[Tensor, ...]:
+    """``(N·M,)`` each: d_max² of SPEC §4 step 2 (``-inf``: no extras), has-positive, and
+    — with ``floor`` — the rank floor (``-inf``: none, or not asked).
+
+    The floor of a GT is the ``num_extra``-th best rank score among its ATSS candidates
+    that are extra candidates too (free, inside, within d_max): its final extras score at
+    least that much, so no prior scoring less can be picked.
+    """
+    n = state.bound.shape[0]
+    dev = state.bound.device
+    pos_dist = torch.full((n, m), -math.inf, device=dev)
+    rank_floor = torch.full((n, m), -math.inf, device=dev)
+    for c in state.candidates:
+        owner = state.best_gt.index_select(0, c.flat.view(-1)).view_as(c.flat)
+        gt_idx = torch.arange(c.gts.start, c.gts.stop, device=dev)[None, :, None]
+        # Claims that survived ATSS's conflict resolution (a won prior was a claim).
+        won = torch.where(owner == gt_idx, c.dist_sq, -math.inf).amax(-1)  # (N, G)
+        pos_dist[:, c.gts] = won
+        if floor and c.iou.shape[-1] >= num_extra:
+            d_max_sq = torch.where(won > -math.inf, won, state.bound[:, c.gts])[..., None]
+            free = (owner < 0) & c.inside & (c.dist_sq <= d_max_sq)
+            score = _rank_score(c.iou, c.dist_sq.sqrt(), d_max_sq.clamp(min=0).sqrt())
+            kth = score.masked_fill(~free, -math.inf).topk(num_extra, dim=-1).values[..., -1]
+            rank_floor[:, c.gts] = kth
+    pos_dist, rank_floor = pos_dist.view(-1), rank_floor.view(-1)
+    has_pos = pos_dist > -math.inf
+    return torch.where(has_pos, pos_dist, state.bound.view(-1)), has_pos, rank_floor
 
 
 def _pairs(
-    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None, radius: Tensor
+    inputs: AssignInputs,
+    state: AtssState,
+    grid: PriorGrid | None,
+    radius: Tensor,
+    rank_floor: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """A superset of the step-3 pairs, ``(P,)`` each: ``(gid, prior, flat)``; from the
-    dense test of the ATSS pass, or from the grid windows of ``(N·M,)`` radii ``d_max``."""
+    """A superset of the step-3 pairs that can still be picked, ``(P,)`` each: ``(gid,
+    prior, flat)``; from the dense test of the ATSS pass, or from the grid windows of
+    ``(N·M,)`` radii ``d_max`` (skipping levels whose IoU bound is under the rank floor)."""
     n, m, r = inputs.shape
     if grid is None:
         gid, flat, _ = state.pairs
         return gid, flat % r, flat
     boxes, centres = inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2)
-    return window_pairs(grid, boxes, centres, radius, m, r)
+    return window_pairs(grid, boxes, centres, radius, m, r, rank_floor)
 
 
 def _extra_candidates(
-    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None
+    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None, num_extra: int, prune: bool
 ) -> tuple[Tensor, ...]:
     """SPEC §4 step 3 per extra candidate: ``(P,)`` gid, prior and flat indices, ``(P, 8)``
     its GT's row of the GT table (box, centre, d_max², d_max) and ``(P,)`` distance; plus
     ``(N·M,)`` has_pos, whether ATSS gave the GT a positive."""
     n, m, _ = inputs.shape
-    d_max_sq, has_pos = _d_max(state)
+    # Levels are skipped for many GTs only: the floor costs ~20 small kernels.
+    floor = prune and grid is not None and grid.prior_wh is not None and n * m >= PRUNE_MIN_GTS
+    d_max_sq, has_pos, rank_floor = _d_max(state, m, num_extra, floor)
     radius = d_max_sq.clamp(min=0).sqrt()  # no candidate (-inf): a window the tests reject
     # One gather per pair fetches everything the tests and the rank need of its GT.
     table = torch.cat(
         (inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2), d_max_sq[:, None],
          radius[:, None]), dim=1,
     )  # fmt: skip
-    gid, prior, flat = _pairs(inputs, state, grid, radius)
+    gid, prior, flat = _pairs(inputs, state, grid, radius, rank_floor if floor else None)
     gt = table.index_select(0, gid)  # (P, 8)
     centres = state.centres.index_select(0, prior)
     # The same elementwise expression as the ATSS pass: bit-identical distances.
@@ -173,15 +209,16 @@ def _extras(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The extra positives: ``(E,)`` flat prior index ``n·R + r``, GT index and prior IoU."""
     n, m, r = inputs.shape
-    gid, prior, flat, gt, dist, has_pos = _extra_candidates(inputs, state, grid)
+    # The prior-IoU rank bounds the score by the prior's size: levels can be skipped.
+    extra = _extra_candidates(inputs, state, grid, num_extra, prune=pred_boxes is None)
+    gid, prior, flat, gt, dist, has_pos = extra
     # Active GTs and the priors are valid boxes: no inverted-box handling needed.
     iou = aligned_iou(inputs.priors.index_select(0, prior), gt[:, :4], assume_valid=True)
-    weight = 1 - dist / (gt[:, 7] + RANK_EPS)
     if pred_boxes is None:
-        score = iou * weight
+        score = _rank_score(iou, dist, gt[:, 7])
     else:
         ranked = aligned_iou(pred_boxes.view(n * r, 4).index_select(0, flat), gt[:, :4])
-        score = torch.nan_to_num(ranked, nan=0.0) * weight
+        score = _rank_score(torch.nan_to_num(ranked, nan=0.0), dist, gt[:, 7])
     pick = top_per_group(gid, score, prior, num_extra, n * m, r)
     gid, flat, iou, score = (t.index_select(0, pick) for t in (gid, flat, iou, score))
     if m > 1:  # with one GT per image no prior is picked twice

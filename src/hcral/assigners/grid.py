@@ -56,6 +56,9 @@ class PriorGrid:
             signed bound ``b`` (px) lies ``b / stride + origin`` cells past cell 0.
         inv_stride: ``(L', 1)`` float64 ``1 / stride``, px⁻¹.
         sign: ``(4,)`` float32 ``(1, 1, -1, -1)``.
+        prior_wh: ``(L', 2)`` float64 width and height shared by every prior of a level,
+            or None when a level mixes sizes (or has priors under 1e-3 px²) — then no
+            level is ever skipped.
         cell_min, cell_max: ``(L', 4)`` float64 clamp of the signed cell bounds:
             first cell in ``[0, W]``, last cell in ``[-1, W-1]`` (same for rows).
     """
@@ -67,6 +70,7 @@ class PriorGrid:
     sign: Tensor
     cell_min: Tensor
     cell_max: Tensor
+    prior_wh: Tensor | None
 
 
 def _level_grid(centres: Tensor) -> tuple[float, float, float, int, int] | None:
@@ -118,8 +122,25 @@ def detect_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | 
         sign=torch.tensor([1.0, 1.0, -1.0, -1.0]),
         cell_min=torch.stack((zero, zero, 1 - width, 1 - height), -1),
         cell_max=torch.stack((width, height, zero + 1, zero + 1), -1),
+        prior_wh=_level_sizes(priors, num_level_priors),
     )
-    return PriorGrid(**{k: v.to(priors.device) for k, v in vars(grid).items()})
+    return PriorGrid(**{k: _to(v, priors.device) for k, v in vars(grid).items()})
+
+
+def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def _level_sizes(priors: Tensor, num_level_priors: Sequence[int]) -> Tensor | None:
+    """``(L', 2)`` float64 size of the priors of each non-empty level, or None."""
+    sizes = []
+    for level in priors.float().split(list(num_level_priors)):
+        if len(level):
+            wh = level[:, 2:] - level[:, :2]
+            if not bool((wh == wh[0]).all()) or not float(wh[0, 0] * wh[0, 1]) >= 1e-3:
+                return None
+            sizes.append(wh[0].tolist())
+    return torch.tensor(sizes, dtype=torch.float64)
 
 
 def prior_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | None:
@@ -136,11 +157,29 @@ def prior_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | N
     return hit[1]
 
 
+def iou_bound(grid: PriorGrid, boxes: Tensor) -> Tensor:
+    """``(B, L')`` float64 largest IoU a prior of each level can have with each box.
+
+    Over every placement the intersection is at most ``min(w)·min(h)``; the union is then
+    at least the two areas less that. Needs ``grid.prior_wh``.
+    """
+    wh = (boxes[:, 2:] - boxes[:, :2]).double()  # (B, 2)
+    inter = torch.minimum(wh[:, None], grid.prior_wh).prod(-1)  # (B, L')
+    return inter / (wh.prod(-1)[:, None] + grid.prior_wh.prod(-1) - inter)
+
+
 def window_pairs(
-    grid: PriorGrid, boxes: Tensor, centres: Tensor, radius: Tensor, per_image: int, num_priors: int
+    grid: PriorGrid,
+    boxes: Tensor,
+    centres: Tensor,
+    radius: Tensor,
+    per_image: int,
+    num_priors: int,
+    rank_floor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Cells of every (GT, level) window: a superset of the priors whose centre lies in
-    the GT box and within ``radius`` of ``centres``.
+    the GT box and within ``radius`` of ``centres`` — and, given ``rank_floor``, whose
+    IoU with the GT may reach it (levels with a lower :func:`iou_bound` are skipped).
 
     Args:
         grid: the priors' grid.
@@ -149,6 +188,8 @@ def window_pairs(
         radius: ``(N·M,)`` float32 px, ``≥ 0``.
         per_image: M, boxes per image.
         num_priors: R.
+        rank_floor: optional ``(N·M,)`` float32 score each GT's picks reach (``-inf``:
+            skip nothing); needs ``grid.prior_wh``.
     Returns:
         ``(P,)`` int64 each: box index ``n·M + g``, prior index ``r`` and flat prior
         index ``n·R + r``; box-major.
@@ -162,16 +203,19 @@ def window_pairs(
     cells = torch.addcmul(grid.origin, bounds[:, None], grid.inv_stride).ceil_()
     cells = torch.clamp(cells, grid.cell_min, grid.cell_max).long()
     span = (1 - cells[..., 2:] - cells[..., :2]).clamp_(min=0)  # (B, L', 2) columns, rows
-    count = span.prod(-1).view(-1)  # (B·L',) cells per window
+    count = span.prod(-1)  # (B, L') cells per window
+    if rank_floor is not None:
+        # Float32 IoUs may exceed the exact bound by a few ulps: keep a margin.
+        skip = iou_bound(grid, boxes) * (1 + 1e-4) + 1e-6 < rank_floor[:, None]
+        count = count.masked_fill(skip, 0)
+    count = count.view(-1)  # (B·L',)
     # Cell (row, col) of a window is prior base + row·W + col, and its rank in the window
     # is offset = row·cols + col, so prior = base + offset + row·(W - cols).
     cols = span[..., 0]
     base = grid.start + cells[..., 1] * grid.width + cells[..., 0]  # (B, L')
     box = torch.arange(boxes.shape[0], device=boxes.device)[:, None].expand_as(base)
-    table = torch.stack(
-        (box, base, grid.width - cols, cols, count.cumsum(0).view_as(cols) - count.view_as(cols)),
-        dim=-1,
-    ).view(-1, 5)
+    first = (count.cumsum(0) - count).view_as(cols)
+    table = torch.stack((box, base, grid.width - cols, cols, first), dim=-1).view(-1, 5)
     window = torch.repeat_interleave(count)  # (P,) window b·L' + l of each cell
     box, base, skip, cols, first = table.index_select(0, window).unbind(-1)
     offset = torch.arange(window.numel(), device=boxes.device) - first
