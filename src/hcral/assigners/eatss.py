@@ -21,9 +21,12 @@ compete for the same free priors (e.g. three identical boxes): the lower index w
 Distances are compared squared (``d² ≤ d_max²``: no rounding of a square root decides
 membership); the rank takes ``d = √d²``.
 
-Cost: the extra candidates are gathered during the ATSS pass as sparse (GT, prior)
-pairs within the fallback radius (an upper bound of ``d_max``) by one dense comparison
-per GT chunk, so EATSS adds no second pass over the distances.
+Cost (docs/bench_assigners.md): when the priors form one grid per level, as the
+detectors' do, the extra candidates come from a window search over the cells near each
+GT (grid.py) and, from ``PRUNE_MIN_GTS`` GTs on, levels whose priors cannot reach a
+GT's rank floor are skipped; otherwise one dense ``d² ≤ bound²`` test per GT chunk of
+the ATSS pass gathers them. Both find the same candidates (``search="dense"`` forces
+the dense test), so EATSS adds no second dense pass over the distances.
 """
 
 from __future__ import annotations
