@@ -18,6 +18,7 @@ from hcral.assigners import eatss_assign
 from hcral.assigners.atss import INSIDE_EPS, centre_distance_sq, centre_inside
 from hcral.assigners.grid import detect_grid, iou_bound, prior_grid, window_pairs
 from hcral.boxes import aligned_iou, box_centers
+from hcral.models.priors import PriorGenerator
 
 FIXTURE_OK = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -36,6 +37,20 @@ def test_detects_the_fpn_levels():
     assert grid.start.tolist() == [0, 204, 258, 273, 279]
     stride = 1 / grid.inv_stride.squeeze(1)
     assert torch.allclose(stride, torch.tensor([8.0, 16, 32, 64, 128], dtype=stride.dtype))
+
+
+def test_the_detectors_atss_priors_take_the_window_search():
+    # ATSS and FCOS+ATSS build one square anchor per location: the fast path must apply
+    # (a change of prior layout that silently falls back to the dense test fails here).
+    gen = PriorGenerator([8, 16, 32, 64, 128], base_scale=8)
+    priors = gen([(50, 84), (25, 42), (13, 21), (7, 11), (4, 6)], torch.device("cpu"))
+    grid = prior_grid(priors.boxes, priors.num_level_priors)
+    assert grid is not None
+    assert grid.prior_wh.tolist() == [[64.0, 64.0], [128.0, 128.0], [256.0, 256.0],
+                                      [512.0, 512.0], [1024.0, 1024.0]]  # fmt: skip
+    retina = PriorGenerator([8, 16], base_scale=4, scales=(1.0, 1.26), ratios=(0.5, 1.0, 2.0))
+    priors = retina([(10, 10), (5, 5)], torch.device("cpu"))
+    assert prior_grid(priors.boxes, priors.num_level_priors) is None  # 6 anchors per cell
 
 
 def test_skips_empty_levels_and_takes_one_cell_levels():
