@@ -20,7 +20,8 @@ mmapped afresh and first-touch page faults add to every call.
 
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/bench_assigners.py [--reps 5] [--device cpu]
-    OMP_NUM_THREADS=1 python benchmarks/bench_assigners.py --sample-data data/sample
+    OMP_NUM_THREADS=1 python benchmarks/bench_assigners.py --sample-data data/sample \
+        [--sample-size 256] [--figure docs/figures/eatss_extras_iou.png]
 """
 
 from __future__ import annotations
@@ -196,8 +197,15 @@ def run_benchmark(args: argparse.Namespace) -> None:
               f"(wall), speed-up {brute / fast:.0f}x")  # fmt: skip
 
 
-def sample_data(out_dir: str, size: int, device: torch.device) -> None:
-    """Count GTs ATSS / EATSS leave without a positive on the sample dataset's train split."""
+def sample_data(
+    out_dir: str,
+    size: int,
+    device: torch.device,
+    figure: str | None = None,
+    min_extra_iou: float = 0.0,
+) -> None:
+    """Count GTs ATSS / EATSS leave without a positive on the sample dataset's train split,
+    and compare the IoU of the ATSS positives with that of the extras EATSS adds."""
     from hcral.data.sample import make_sample
 
     paths = make_sample(out_dir)
@@ -226,8 +234,10 @@ def sample_data(out_dir: str, size: int, device: torch.device) -> None:
     small = area < 32**2
     print("| assigner | GTs without a positive | of which small (<32²) | positives per GT |")
     print("|---|---:|---:|---:|")
+    results = {}
     for name in ("atss", "eatss"):
-        res = ASSIGNERS[name](priors, nlp, *args, 1)
+        extra_args = {"min_extra_iou": min_extra_iou} if name == "eatss" else {}
+        res = results[name] = ASSIGNERS[name](priors, nlp, *args, 1, **extra_args)
         hits = torch.zeros(len(boxes_list), m + 1, dtype=torch.int64, device=device)
         hits.scatter_add_(1, res.gt_inds + 1, torch.ones_like(res.gt_inds))
         empty = (hits[:, 1:] == 0).cpu()[mask]
@@ -236,6 +246,35 @@ def sample_data(out_dir: str, size: int, device: torch.device) -> None:
         print(
             f"| {name} | {unmatched} ({share:.2f}%) | {int((empty & small).sum())} | {per_gt:.2f} |"
         )
+    positive_quality(results["atss"], results["eatss"], nlp, figure)
+
+
+def positive_quality(atss, eatss, num_level_priors, figure: str | None = None) -> None:
+    """IoU of the ATSS positives against the extra positives EATSS adds, and their levels;
+    with ``figure``, their IoU histograms as a PNG."""
+    extra = eatss.pos_mask & ~atss.pos_mask
+    level = torch.repeat_interleave(
+        torch.arange(len(num_level_priors)), torch.tensor(num_level_priors)
+    ).to(extra.device).expand_as(extra)  # fmt: skip
+    print("\n| positives | count | IoU mean | IoU median | IoU < 0.3 | share per level P3..P7 |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, mask, ious in (
+        ("ATSS", atss.pos_mask, atss.max_ious),
+        ("EATSS extras", extra, eatss.max_ious),
+    ):
+        iou, lv = ious[mask].cpu(), level[mask].cpu()
+        shares = " / ".join(
+            f"{100 * float((lv == k).float().mean()):.0f}%" for k in range(len(num_level_priors))
+        )
+        print(f"| {name} | {iou.numel()} | {iou.mean():.3f} | {iou.median():.3f} | "
+              f"{100 * float((iou < 0.3).float().mean()):.0f}% | {shares} |")  # fmt: skip
+    if figure:
+        from hcral.viz import plot_iou_histograms
+
+        groups = {"ATSS positives": atss.max_ious[atss.pos_mask]}
+        groups["EATSS extra positives"] = eatss.max_ious[extra]
+        plot_iou_histograms(groups, figure)
+        print(f"wrote {figure}")
 
 
 def main() -> None:
@@ -247,6 +286,10 @@ def main() -> None:
     parser.add_argument("--skip-brute-force", action="store_true")
     parser.add_argument("--sample-data", metavar="DIR")
     parser.add_argument("--sample-size", type=int, default=320, help="resized image side")
+    parser.add_argument("--figure", metavar="PNG", help="with --sample-data: IoU histograms")
+    parser.add_argument(
+        "--min-extra-iou", type=float, default=0.0, help="with --sample-data: EATSS's gate"
+    )
     parser.add_argument("--memory-of", nargs=2, metavar=("ASSIGNER", "M"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--default-allocator",
@@ -266,7 +309,7 @@ def main() -> None:
         if args.memory_of:
             print(peak_memory_mb(args.memory_of[0], int(args.memory_of[1]), device))
         elif args.sample_data:
-            sample_data(args.sample_data, args.sample_size, device)
+            sample_data(args.sample_data, args.sample_size, device, args.figure, args.min_extra_iou)
         else:
             run_benchmark(args)
 

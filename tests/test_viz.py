@@ -100,6 +100,22 @@ def test_plot_score_vs_iou(tmp_path):
         viz.plot_score_vs_iou({}, out)
 
 
+def test_plot_iou_histograms_shares(tmp_path):
+    out = tmp_path / "hist.png"
+    shares = viz.plot_iou_histograms(
+        {"ATSS": np.array([0.05, 0.55, 0.55, 0.95]), "extras": torch.tensor([0.1, 0.12])},
+        out,
+        bins=10,
+    )
+    assert out.stat().st_size > 5_000
+    assert shares[0] == pytest.approx([0.25, 0, 0, 0, 0, 0.5, 0, 0, 0, 0.25])
+    assert shares[1] == pytest.approx([0, 1.0, 0, 0, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="extras"):
+        viz.plot_iou_histograms({"extras": np.zeros(0)}, out)
+    with pytest.raises(ValueError, match="ious_by_name"):
+        viz.plot_iou_histograms({}, out)
+
+
 def _table() -> StudyTable:
     rows = [
         CellSummary("FL", {"AP": Summary(3, 36.0, 0.2, 35.5, 36.5)}, 60.0, "ref"),

@@ -1,4 +1,5 @@
-"""Figures: HCRAL's weight functions, score-vs-IoU scatter (paper Fig. 3), AP bar plots.
+"""Figures: HCRAL's weight functions, score-vs-IoU scatter (paper Fig. 3), AP bar plots,
+IoU histograms of assigned positives.
 
 Every plot uses matplotlib's Agg backend (no display needed) and writes a PNG. The
 curve data are computed by pure functions (:func:`weight_function_curves`) so tests can
@@ -170,6 +171,41 @@ def plot_score_vs_iou(
         ax.set_aspect("equal")
         ax.legend(loc="upper left", fontsize=8)
     _save(fig, out_png)
+
+
+def plot_iou_histograms(
+    ious_by_name: Mapping[str, Any], out_png: str | Path, bins: int = 20
+) -> list[np.ndarray]:
+    """Overlaid histograms (share of each group per IoU bin) of positives' IoUs.
+
+    Used to compare the ATSS positives with the extra positives EATSS adds
+    (``benchmarks/bench_assigners.py --sample-data DIR --figure PNG``).
+
+    Args:
+        ious_by_name: name → IoUs in [0, 1] ``(P,)``, arrays or tensors.
+        out_png: output file.
+        bins: equal-width bins over [0, 1].
+    Returns:
+        The plotted shares, one ``(bins,)`` array per group, each summing to 1.
+    """
+    if not ious_by_name:
+        raise ValueError("ious_by_name: need at least one group of IoUs")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    shares = []
+    for name, ious in ious_by_name.items():
+        u = _as_numpy(ious)
+        if u.ndim != 1 or not len(u):
+            raise ValueError(f"ious_by_name[{name!r}]: need a non-empty 1-D array, got {u.shape}")
+        share = np.histogram(np.clip(u, 0.0, 1.0), edges)[0] / len(u)
+        shares.append(share)
+        label = f"{name} (n={len(u)}, median {np.median(u):.2f})"
+        ax.stairs(share, edges, label=label, fill=True, alpha=0.45)
+    ax.set(xlim=(0, 1), xlabel="IoU of the prior with its GT", ylabel="share of the group")
+    ax.legend(fontsize=8)
+    _save(fig, out_png)
+    return shares
 
 
 def _as_numpy(x: Any) -> np.ndarray:

@@ -229,7 +229,7 @@ def ref_atss_assign(
     return _result(priors, boxes, gt_labels, gt_mask, gt_crowd, num_classes, assigned, ignored)
 
 
-def _eatss_extras(priors, ranked, boxes, n, atss, per_gt, num_extra):
+def _eatss_extras(priors, ranked, boxes, n, atss, per_gt, num_extra, min_extra_iou=0.0):
     """Extra (gt, iou) per prior of image n, SPEC §4 steps 2-4, one GT at a time."""
     claims: dict[int, list[tuple[float, int]]] = {}
     for m, (dist, inside, cands) in per_gt.items():
@@ -244,6 +244,9 @@ def _eatss_extras(priors, ranked, boxes, n, atss, per_gt, num_extra):
             for i in range(len(atss))
             if atss[i][0] < 0 and inside[i] and d_sq[i] <= d_max_sq.item()
         ]
+        if own and min_extra_iou > 0:  # the quality gate spares GTs ATSS left empty
+            gate = aligned_iou(priors[free], boxes[n, m][None]) >= min_extra_iou
+            free = [i for i, ok in zip(free, gate.tolist()) if ok]
         if not free:
             continue
         iou = torch.nan_to_num(aligned_iou(ranked[free], boxes[n, m][None]), nan=0.0)
@@ -257,7 +260,7 @@ def _eatss_extras(priors, ranked, boxes, n, atss, per_gt, num_extra):
 
 def ref_eatss_assign(
     priors, num_level_priors, gt_boxes, gt_labels, gt_mask, gt_crowd, num_classes,
-    topk=9, num_extra=3, pred_boxes=None,
+    topk=9, num_extra=3, pred_boxes=None, min_extra_iou=0.0,
 ) -> AssignResult:  # fmt: skip
     """EATSS (SPEC §4), one GT at a time on top of the brute-force ATSS."""
     priors, boxes = priors.float(), gt_boxes.float()
@@ -266,7 +269,7 @@ def ref_eatss_assign(
     for n in range(n_img):
         atss, per_gt = _atss_image(priors, num_level_priors, boxes, gt_mask, gt_crowd, n, topk)
         ranked = priors if pred_boxes is None else pred_boxes[n].float()
-        extra = _eatss_extras(priors, ranked, boxes, n, atss, per_gt, num_extra)
+        extra = _eatss_extras(priors, ranked, boxes, n, atss, per_gt, num_extra, min_extra_iou)
         for i, m in extra.items():
             atss[i] = (m, aligned_iou(priors[i], boxes[n, m]).item())
         assigned.append(atss)

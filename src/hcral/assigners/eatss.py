@@ -18,6 +18,12 @@ whose inside candidates are free (always so when it is alone) gets one even next
 a duplicate that has ATSS positives. P6 can still fail when two GTs ATSS left empty
 compete for the same free priors (e.g. three identical boxes): the lower index wins.
 
+Outside SPEC, ``min_extra_iou`` > 0 gates step 3 by quality: a GT that has ATSS
+positives only takes extra candidates whose prior IoU with it is at least that much
+(a GT ATSS left empty takes any, so every P6 property still holds). On the sample
+data the SPEC extras are mostly coarse-level priors of median IoU 0.08
+(docs/results.md §7); the gate is the knob for that.
+
 Distances are compared squared (``d² ≤ d_max²``: no rounding of a square root decides
 membership); the rank takes ``d = √d²``.
 
@@ -108,13 +114,16 @@ def _rank_score(iou: Tensor, dist: Tensor, d_max: Tensor) -> Tensor:
     return iou * (1 - dist / (d_max + RANK_EPS))
 
 
-def _d_max(state: AtssState, m: int, num_extra: int, floor: bool) -> tuple[Tensor, ...]:
+def _d_max(
+    state: AtssState, m: int, num_extra: int, floor: bool, min_iou: float
+) -> tuple[Tensor, ...]:
     """``(N·M,)`` each: d_max² of SPEC §4 step 2 (``-inf``: no extras), has-positive, and
     — with ``floor`` — the rank floor (``-inf``: none, or not asked).
 
     The floor of a GT is the ``num_extra``-th best rank score among its ATSS candidates
-    that are extra candidates too (free, inside, within d_max): its final extras score at
-    least that much, so no prior scoring less can be picked.
+    that are extra candidates too (free, inside, within d_max, IoU ≥ ``min_iou`` when the
+    GT has ATSS positives): its final extras score at least that much, so no prior
+    scoring less can be picked.
     """
     n = state.bound.shape[0]
     dev = state.bound.device
@@ -129,6 +138,8 @@ def _d_max(state: AtssState, m: int, num_extra: int, floor: bool) -> tuple[Tenso
         if floor and c.iou.shape[-1] >= num_extra:
             d_max_sq = torch.where(won > -math.inf, won, state.bound[:, c.gts])[..., None]
             free = (owner < 0) & c.inside & (c.dist_sq <= d_max_sq)
+            if min_iou > 0:
+                free &= (c.iou >= min_iou) | (won == -math.inf)[..., None]
             score = _rank_score(c.iou, c.dist_sq.sqrt(), d_max_sq.clamp(min=0).sqrt())
             kth = score.masked_fill(~free, -math.inf).topk(num_extra, dim=-1).values[..., -1]
             rank_floor[:, c.gts] = kth
@@ -156,7 +167,12 @@ def _pairs(
 
 
 def _extra_candidates(
-    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None, num_extra: int, prune: bool
+    inputs: AssignInputs,
+    state: AtssState,
+    grid: PriorGrid | None,
+    num_extra: int,
+    prune: bool,
+    min_iou: float,
 ) -> tuple[Tensor, ...]:
     """SPEC §4 step 3 per extra candidate: ``(P,)`` gid, prior and flat indices, ``(P, 8)``
     its GT's row of the GT table (box, centre, d_max², d_max) and ``(P,)`` distance; plus
@@ -164,7 +180,7 @@ def _extra_candidates(
     n, m, _ = inputs.shape
     # Levels are skipped for many GTs only: the floor costs ~20 small kernels.
     floor = prune and grid is not None and grid.prior_wh is not None and n * m >= PRUNE_MIN_GTS
-    d_max_sq, has_pos, rank_floor = _d_max(state, m, num_extra, floor)
+    d_max_sq, has_pos, rank_floor = _d_max(state, m, num_extra, floor, min_iou)
     radius = d_max_sq.clamp(min=0).sqrt()  # no candidate (-inf): a window the tests reject
     # One gather per pair fetches everything the tests and the rank need of its GT.
     table = torch.cat(
@@ -209,14 +225,21 @@ def _extras(
     grid: PriorGrid | None,
     pred_boxes: Tensor | None,
     num_extra: int,
+    min_iou: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The extra positives: ``(E,)`` flat prior index ``n·R + r``, GT index and prior IoU."""
     n, m, r = inputs.shape
     # The prior-IoU rank bounds the score by the prior's size: levels can be skipped.
-    extra = _extra_candidates(inputs, state, grid, num_extra, prune=pred_boxes is None)
+    prune = pred_boxes is None
+    extra = _extra_candidates(inputs, state, grid, num_extra, prune, min_iou)
     gid, prior, flat, gt, dist, has_pos = extra
     # Active GTs and the priors are valid boxes: no inverted-box handling needed.
     iou = aligned_iou(inputs.priors.index_select(0, prior), gt[:, :4], assume_valid=True)
+    if min_iou > 0:  # the quality gate (module doc); GTs ATSS left empty are exempt
+        ok = ((iou >= min_iou) | ~has_pos.index_select(0, gid)).nonzero().squeeze(1)
+        gid, prior, flat, gt, dist, iou = (
+            t.index_select(0, ok) for t in (gid, prior, flat, gt, dist, iou)
+        )
     if pred_boxes is None:
         score = _rank_score(iou, dist, gt[:, 7])
     else:
@@ -243,6 +266,7 @@ def eatss_assign(
     num_extra: int = 3,
     pred_boxes: Tensor | None = None,
     *,
+    min_extra_iou: float = 0.0,
     chunk_size: int | None = None,
     search: str = "grid",
 ) -> AssignResult:
@@ -260,6 +284,7 @@ def eatss_assign(
         num_extra: ``l``, extra positives per GT at most; 0 gives ATSS exactly.
         pred_boxes: optional ``(N, R, 4)`` decoded predictions; when given, extras are
             ranked by the predicted boxes' IoU (``use_pred_boxes``).
+        min_extra_iou: quality gate outside SPEC (module doc); 0 (the default) is SPEC.
         chunk_size: GTs per chunk; None keeps each ``(N, G, R)`` temporary ≤ 4M elements.
         search: how the extra candidates are found: ``"grid"`` (window search when the
             priors form one grid per level, see grid.py; the dense test otherwise) or
@@ -272,6 +297,8 @@ def eatss_assign(
     check_levels(num_level_priors, r, topk)
     if num_extra < 0:
         raise ValueError(f"num_extra must be >= 0, got {num_extra}")
+    if not 0.0 <= min_extra_iou <= 1.0:
+        raise ValueError(f"min_extra_iou must lie in [0, 1], got {min_extra_iou}")
     if search not in ("grid", "dense"):
         raise ValueError(f"search must be 'grid' or 'dense', got {search!r}")
     if pred_boxes is not None and tuple(pred_boxes.shape) != (n, r, 4):
@@ -284,7 +311,7 @@ def eatss_assign(
     gt_inds, ious = state.best_gt, state.best_iou
     if extra:
         pred = None if pred_boxes is None else pred_boxes.detach().float()
-        flat, extra_gt, extra_iou = _extras(inputs, state, grid, pred, num_extra)
+        flat, extra_gt, extra_iou = _extras(inputs, state, grid, pred, num_extra, min_extra_iou)
         gt_inds.index_put_((flat,), extra_gt)  # the state's own buffers
         ious.index_put_((flat,), extra_iou)
     return finalize(inputs, gt_inds.view(n, r), ious.view(n, r), num_classes, chunk_size=chunk_size)
