@@ -8,7 +8,13 @@ lays out ATSS/FCOS priors — the cells that can hold such a centre form one win
 (GT, level): the cells of the GT box clipped to the square around the disc. The
 windows are enumerated as sparse (GT, prior) pairs in ``O(pairs)`` instead of testing
 all ``N·M·R`` distances; EATSS then applies its exact tests to the pairs, so the
-windows only need to be a superset (they are, by up to one cell per side of slack).
+windows only need to be a superset (each bound is widened by ``WINDOW_SLACK`` of a
+cell, more than float error and the tolerated grid jitter).
+
+Level skipping: when every prior of a level has the same size, no prior of that level
+can have an IoU above :func:`iou_bound` with a GT; a level whose bound is under the
+GT's rank floor (the score its picks are known to reach, see eatss.py) is not
+enumerated at all.
 
 Detecting the grid costs a few synchronising reads, so the result is cached per priors
 tensor (weakly, keyed by identity and checked against its version counter): the
@@ -30,7 +36,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from hcral.boxes import box_centers
 
-__all__ = ["PriorGrid", "detect_grid", "prior_grid", "window_pairs"]
+__all__ = ["PriorGrid", "detect_grid", "iou_bound", "prior_grid", "window_pairs"]
 
 # A centre may deviate from its ideal grid position by GRID_TOL of the stride. Window
 # bounds are widened by WINDOW_SLACK cells (deviation plus float error, in float64), so
@@ -206,8 +212,8 @@ def window_pairs(
     count = span.prod(-1)  # (B, L') cells per window
     if rank_floor is not None:
         # Float32 IoUs may exceed the exact bound by a few ulps: keep a margin.
-        skip = iou_bound(grid, boxes) * (1 + 1e-4) + 1e-6 < rank_floor[:, None]
-        count = count.masked_fill(skip, 0)
+        hopeless = iou_bound(grid, boxes) * (1 + 1e-4) + 1e-6 < rank_floor[:, None]
+        count = count.masked_fill(hopeless, 0)
     count = count.view(-1)  # (B·L',)
     # Cell (row, col) of a window is prior base + row·W + col, and its rank in the window
     # is offset = row·cols + col, so prior = base + offset + row·(W - cols).
