@@ -144,7 +144,6 @@ class CandidateChunk:
         iou: float32 IoU of the prior with the GT.
         dist_sq: float32 squared centre distance, px².
         inside: bool, centre inside the GT (and the GT active).
-        pos: bool, an ATSS positive claim (before conflicts are resolved).
     """
 
     gts: slice
@@ -152,7 +151,6 @@ class CandidateChunk:
     iou: Tensor
     dist_sq: Tensor
     inside: Tensor
-    pos: Tensor
 
 
 @dataclass
@@ -167,7 +165,7 @@ class AtssState:
         centres: ``(R, 2)`` prior centres.
         gt_centres: ``(N, M, 2)`` GT centres.
         candidates: when collected, the ATSS candidates of every GT chunk.
-        pairs: when collected, ``(gid, flat, dist_sq)`` of the (GT, prior) pairs with the
+        pairs: when collected, ``(gid, prior, flat)`` of the (GT, prior) pairs with the
             prior centre within ``bound`` of the GT centre; ``gid = n·M + g`` and
             ``flat = n·R + r``.
     """
@@ -184,9 +182,9 @@ class AtssState:
 def _cat(parts: list[Pairs], device: torch.device) -> Pairs:
     if not parts:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
-        return empty, empty, empty.float()
-    gid, flat, dist = zip(*parts)
-    return torch.cat(gid), torch.cat(flat), torch.cat(dist)
+        return empty, empty, empty
+    gid, prior, flat = zip(*parts)
+    return torch.cat(gid), torch.cat(prior), torch.cat(flat)
 
 
 def atss_core(
@@ -223,14 +221,14 @@ def atss_core(
         claim = iou.masked_fill(~pos, -math.inf)
         merge_claims(best_iou, best_gt, flat.flatten(), claim.flatten(), gt_idx.flatten())
         if collect:
-            candidates.append(CandidateChunk(sl, flat, iou, cand_dist, inside, pos))
+            candidates.append(CandidateChunk(sl, flat, iou, cand_dist, inside))
         if collect and dense_pairs:
             # For priors that are no grid (grid.py searches windows instead).
             hit = sparse_nonzero((dist_sq <= bound[:, sl, None]).view(-1))
             row, prior = hit.div(r, rounding_mode="floor"), hit % r  # row = i·G + g
             i = row.div(sl.stop - sl.start, rounding_mode="floor")
             gid = row + i * (m - sl.stop + sl.start) + sl.start
-            pairs.append((gid, i * r + prior, dist_sq.view(-1)[hit]))
+            pairs.append((gid, prior, i * r + prior))
     state = AtssState(best_gt, best_iou, bound, centres, gt_centres)
     if collect:
         state.candidates = candidates

@@ -118,7 +118,7 @@ def _d_max(
     state: AtssState, m: int, num_extra: int, floor: bool, min_iou: float
 ) -> tuple[Tensor, ...]:
     """``(N·M,)`` each: d_max² of SPEC §4 step 2 (``-inf``: no extras), has-positive, and
-    — with ``floor`` — the rank floor (``-inf``: none, or not asked).
+    — with ``floor`` — the rank floor (``-inf``: none; None when not asked).
 
     The floor of a GT is the ``num_extra``-th best rank score among its ATSS candidates
     that are extra candidates too (free, inside, within d_max, IoU ≥ ``min_iou`` when the
@@ -128,7 +128,7 @@ def _d_max(
     n = state.bound.shape[0]
     dev = state.bound.device
     pos_dist = torch.full((n, m), -math.inf, device=dev)
-    rank_floor = torch.full((n, m), -math.inf, device=dev)
+    rank_floor = torch.full((n, m), -math.inf, device=dev) if floor else None
     for c in state.candidates:
         owner = state.best_gt.index_select(0, c.flat.view(-1)).view_as(c.flat)
         gt_idx = torch.arange(c.gts.start, c.gts.stop, device=dev)[None, :, None]
@@ -143,7 +143,8 @@ def _d_max(
             score = _rank_score(c.iou, c.dist_sq.sqrt(), d_max_sq.clamp(min=0).sqrt())
             kth = score.masked_fill(~free, -math.inf).topk(num_extra, dim=-1).values[..., -1]
             rank_floor[:, c.gts] = kth
-    pos_dist, rank_floor = pos_dist.view(-1), rank_floor.view(-1)
+    pos_dist = pos_dist.view(-1)
+    rank_floor = None if rank_floor is None else rank_floor.view(-1)
     has_pos = pos_dist > -math.inf
     return torch.where(has_pos, pos_dist, state.bound.view(-1)), has_pos, rank_floor
 
@@ -160,8 +161,7 @@ def _pairs(
     ``(N·M,)`` radii ``d_max`` (skipping levels whose IoU bound is under the rank floor)."""
     n, m, r = inputs.shape
     if grid is None:
-        gid, flat, _ = state.pairs
-        return gid, flat % r, flat
+        return state.pairs
     boxes, centres = inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2)
     return window_pairs(grid, boxes, centres, radius, m, r, rank_floor)
 
@@ -187,7 +187,7 @@ def _extra_candidates(
         (inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2), d_max_sq[:, None],
          radius[:, None]), dim=1,
     )  # fmt: skip
-    gid, prior, flat = _pairs(inputs, state, grid, radius, rank_floor if floor else None)
+    gid, prior, flat = _pairs(inputs, state, grid, radius, rank_floor)
     gt = table.index_select(0, gid)  # (P, 8)
     centres = state.centres.index_select(0, prior)
     # The same elementwise expression as the ATSS pass: bit-identical distances.

@@ -53,7 +53,7 @@ class PriorGrid:
     """Per-level grid parameters over the non-empty levels (L' of them).
 
     The window arithmetic works on signed bounds ``(x_lo, y_lo, -x_hi, -y_hi)`` so that
-    one ``floor`` gives the first cell and minus the last cell of a window.
+    one ``ceil`` gives the first cell and minus the last cell of a window.
 
     Attributes:
         start: ``(L',)`` int64 index of the level's first prior.
@@ -98,8 +98,8 @@ def _level_grid(centres: Tensor) -> tuple[float, float, float, int, int] | None:
     idx = torch.arange(count, device=centres.device)
     ideal_x = x0 + stride * (idx % width).to(centres.dtype)
     ideal_y = y0 + stride * idx.div(width, rounding_mode="floor").to(centres.dtype)
-    dev = torch.maximum((xs - ideal_x).abs(), (ys - ideal_y).abs()).max()
-    if not bool(dev <= GRID_TOL * stride):  # also False for NaN
+    worst = torch.maximum((xs - ideal_x).abs(), (ys - ideal_y).abs()).max()
+    if not bool(worst <= GRID_TOL * stride):  # also False for NaN
         return None
     return x0, y0, stride, width, height
 
