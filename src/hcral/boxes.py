@@ -166,13 +166,7 @@ def aligned_iou(boxes1: Tensor, boxes2: Tensor, *, assume_valid: bool = False) -
     if assume_valid:
         _check_boxes(boxes1, "boxes1")
         _check_boxes(boxes2, "boxes2")
-        a, b = _upcast(boxes1), _upcast(boxes2)
-        # _iou's arithmetic in fewer kernels (a product over two entries is the same
-        # single multiplication): bit-identical values.
-        wh = torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])
-        inter = wh.clamp_(min=0).prod(-1)
-        union = (a[..., 2:] - a[..., :2]).prod(-1) + (b[..., 2:] - b[..., :2]).prod(-1) - inter
-        return inter / union.clamp_(min=EPS)
+        return _iou(_upcast(boxes1), _upcast(boxes2))[0]
     return _iou(*_prep(boxes1, boxes2))[0]
 
 
