@@ -365,10 +365,11 @@ def test_run_compare_skips_finished_and_resumes_interrupted(tmp_path, base_cfg):
     crashing = FakeTrain(crash_on=("mu=5", 10))
     with pytest.raises(RuntimeError, match="killed"):
         run_compare(grid, seeds=2, out_dir=out, train_fn=crashing, plots=False)
-    assert len(crashing.calls) == 3  # mu=0 seeds 0, 1 finished; mu=5 seed 0 died
+    # Seed-major: mu=0 seed 0 finished, then mu=5 seed 0 died.
+    assert crashing.calls == [("mu=0", 10, None), ("mu=5", 10, None)]
     again = FakeTrain()
     run_compare(grid, seeds=2, out_dir=out, train_fn=again, plots=False)
-    assert again.calls == [("mu=5", 10, True), ("mu=5", 11, None)]
+    assert again.calls == [("mu=5", 10, True), ("mu=0", 11, None), ("mu=5", 11, None)]
     third = FakeTrain()
     run_compare(grid, seeds=2, out_dir=out, train_fn=third, plots=False)
     assert third.calls == []
@@ -403,6 +404,21 @@ def test_run_compare_single_seed_shows_n1(tmp_path, base_cfg):
 def test_run_compare_bad_seeds(tmp_path, base_cfg):
     with pytest.raises(ValueError, match="seeds"):
         run_compare(_grid(tmp_path, base_cfg), 0, tmp_path / "o", FakeTrain())
+    with pytest.raises(ValueError, match="first_seed"):
+        run_compare(_grid(tmp_path, base_cfg), 1, tmp_path / "o", FakeTrain(), first_seed=-1)
+
+
+def test_run_compare_first_seed_adds_seeds_a_later_run_reuses(tmp_path, base_cfg):
+    grid, out = _grid(tmp_path, base_cfg), tmp_path / "out"
+    late = FakeTrain()
+    result = run_compare(grid, seeds=1, out_dir=out, train_fn=late, plots=False, first_seed=1)
+    assert late.calls == [("mu=0", 11, None), ("mu=5", 11, None)]
+    assert "seeds 1-1" in result.read_text()
+    assert not (out / "mu" / "mu=0" / "seed_0").exists()
+    early = FakeTrain()
+    text = run_compare(grid, seeds=2, out_dir=out, train_fn=early, plots=False).read_text()
+    assert early.calls == [("mu=0", 10, None), ("mu=5", 10, None)]  # seed 1 reused
+    assert "| 2 |" in text
 
 
 def test_checkpoint_name_matches_engine():

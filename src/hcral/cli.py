@@ -97,7 +97,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from hcral.compare import run_compare
 
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
-    report = run_compare(args.grid, args.seeds, args.out, jobs=args.jobs, gpus=gpus)
+    report = run_compare(
+        args.grid, args.seeds, args.out, jobs=args.jobs, gpus=gpus, first_seed=args.first_seed
+    )
     print(f"comparison report: {report}")
     return 0
 
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", parents=[common], help="run an ablation grid over seeds")
     p.add_argument("grid", type=Path, help="grid YAML (see configs/ablations/)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per grid cell (3)")
+    p.add_argument("--first-seed", type=int, default=0, help="index of the first seed (0)")
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (1)")
     p.add_argument("--gpus", default="", help="e.g. 0,1: GPUs the parallel runs use in turn")

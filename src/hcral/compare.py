@@ -514,6 +514,7 @@ def run_compare(
     plots: bool = True,
     jobs: int = 1,
     gpus: Sequence[str] = (),
+    first_seed: int = 0,
 ) -> Path:
     """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
 
@@ -527,6 +528,9 @@ def run_compare(
         jobs: runs trained at once, each in a spawned process (``train_fn`` must then
             be picklable: a module-level function).
         gpus: CUDA device ids handed to the ``jobs`` processes in turn.
+        first_seed: index of the first seed, ≥ 0: runs seeds ``first_seed`` to
+            ``first_seed + seeds - 1`` (e.g. seeds 4-7 on a second machine while
+            another ran 0-3; a later ``--seeds 8`` over the merged folder reuses both).
     Returns:
         Path of ``out_dir/results.md`` holding every study's table (each study's table
         is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
@@ -535,24 +539,32 @@ def run_compare(
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
     studies = load_grid(grid_path)
     out = Path(out_dir)
+    ks = range(first_seed, first_seed + seeds)
+    # Seed-major order: a grid stopped half-way has whole seeds of every cell, which
+    # already compare, instead of all seeds of the first cells and none of the rest.
+    tasks = [
+        _Task(study, cell, k, out / study.name / cell.name / f"seed_{k}")
+        for k in ks
+        for study in studies
+        for cell in study.cells
+    ]
+    todo = [t for t in tasks if not (t.run_dir / "metrics.json").is_file()]
     if jobs > 1:
-        tasks = [
-            _Task(study, cell, k, out / study.name / cell.name / f"seed_{k}")
-            for study in studies
-            for cell in study.cells
-            for k in range(seeds)
-        ]
-        todo = [t for t in tasks if not (t.run_dir / "metrics.json").is_file()]
         run_parallel(todo, jobs, gpus, train_fn)
     train_fn = train_fn or _default_train()
-    parts = [f"# Results of `{Path(grid_path).name}` ({seeds} seed(s) per cell)\n"]
+    for t in todo if jobs == 1 else ():
+        run_cell_seed(t.study, t.cell, t.seed, t.run_dir, train_fn)
+    label = f"{seeds} seed(s) per cell" + (f", seeds {ks[0]}-{ks[-1]}" if first_seed else "")
+    parts = [f"# Results of `{Path(grid_path).name}` ({label})\n"]
     for study in studies:
         runs = {
             cell.name: [
                 run_cell_seed(study, cell, k, out / study.name / cell.name / f"seed_{k}", train_fn)
-                for k in range(seeds)
+                for k in ks
             ]
             for cell in study.cells
         }
