@@ -231,3 +231,17 @@ def test_matches_reference_with_priors_in_any_order(scene, seed):
     priors = priors[perm]
     ours = eatss_assign(priors, nlp, *scene.args())
     assert_same(ours, ref_eatss_assign(priors, nlp, *scene.args()))
+
+
+@pytest.mark.parametrize("name", ["atss", "eatss"])
+def test_results_are_ordinary_tensors(name):
+    # The assigners compute under inference mode; what they return must still be
+    # editable in place and usable as a loss target that autograd saves.
+    priors, nlp = fpn_priors(64, 64)
+    res = ASSIGNERS[name](priors, nlp, *batch([[8.0, 8.0, 40.0, 40.0], [20.0, 4.0, 60.0, 30.0]]))
+    for t in (res.gt_inds, res.labels, res.max_ious, res.num_unmatched_gts):
+        assert not t.is_inference()
+    res.gt_inds[res.labels == NUM_CLASSES] = -1
+    logits = torch.zeros_like(res.max_ious, requires_grad=True)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, res.max_ious).backward()
+    assert logits.grad is not None and logits.grad.shape == res.max_ious.shape

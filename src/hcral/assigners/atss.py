@@ -199,10 +199,33 @@ def atss_core(
     ``dense_pairs``, the pairs within the fallback radius (one dense test per chunk)."""
     n, m, r = inputs.shape
     dev = inputs.priors.device
-    centres = box_centers(inputs.priors)  # (R, 2)
-    gt_centres = box_centers(inputs.boxes)  # (N, M, 2)
+    # The result buffers are normal tensors (callers may edit the returned gt_inds in
+    # place); everything else is an inference tensor: inference mode skips the
+    # view and version tracking that no_grad keeps, a quarter of the cost of the many
+    # small kernels here (docs/bench_assigners.md).
     best_iou = torch.full((n * r,), -math.inf, device=dev)
     best_gt = torch.full((n * r,), -1, dtype=torch.int64, device=dev)
+    with torch.inference_mode():
+        return _atss_loop(
+            inputs, num_level_priors, topk, chunk_size, collect, dense_pairs, best_iou, best_gt
+        )
+
+
+def _atss_loop(
+    inputs: AssignInputs,
+    num_level_priors: Sequence[int],
+    topk: int,
+    chunk_size: int | None,
+    collect: bool,
+    dense_pairs: bool,
+    best_iou: Tensor,
+    best_gt: Tensor,
+) -> AtssState:
+    """The body of :func:`atss_core`, filling ``best_iou`` and ``best_gt`` in place."""
+    n, m, r = inputs.shape
+    dev = inputs.priors.device
+    centres = box_centers(inputs.priors)  # (R, 2)
+    gt_centres = box_centers(inputs.boxes)  # (N, M, 2)
     bound = torch.full((n, m), -math.inf, device=dev)
     candidates: list[CandidateChunk] = []
     pairs: list[Pairs] = []

@@ -311,7 +311,9 @@ def eatss_assign(
     gt_inds, ious = state.best_gt, state.best_iou
     if extra:
         pred = None if pred_boxes is None else pred_boxes.detach().float()
-        flat, extra_gt, extra_iou = _extras(inputs, state, grid, pred, num_extra, min_extra_iou)
-        gt_inds.index_put_((flat,), extra_gt)  # the state's own buffers
+        with torch.inference_mode():  # as in atss_core: cheaper small kernels
+            extras = _extras(inputs, state, grid, pred, num_extra, min_extra_iou)
+        flat, extra_gt, extra_iou = extras
+        gt_inds.index_put_((flat,), extra_gt)  # the state's own (normal) buffers
         ious.index_put_((flat,), extra_iou)
     return finalize(inputs, gt_inds.view(n, r), ious.view(n, r), num_classes, chunk_size=chunk_size)

@@ -219,12 +219,13 @@ def window_pairs(
     # is offset = row·cols + col, so prior = base + offset + row·(W - cols).
     cols = span[..., 0]
     base = grid.start + cells[..., 1] * grid.width + cells[..., 0]  # (B, L')
-    box = torch.arange(boxes.shape[0], device=boxes.device)[:, None].expand_as(base)
-    first = (count.cumsum(0) - count).view_as(cols)
-    table = torch.stack((box, base, grid.width - cols, cols, first), dim=-1).view(-1, 5)
+    first = count.cumsum(0) - count  # the first pair of each window
     window = torch.repeat_interleave(count)  # (P,) window b·L' + l of each cell
-    box, base, skip, cols, first = table.index_select(0, window).unbind(-1)
+    table = torch.stack((base.view(-1), (grid.width - cols).view(-1), cols.view(-1), first), 0)
+    base, skip, cols, first = table.index_select(1, window)  # (4, P)
     offset = torch.arange(window.numel(), device=boxes.device) - first
     prior = base + offset + offset.div(cols, rounding_mode="floor") * skip
-    flat = box.div(per_image, rounding_mode="floor") * num_priors + prior
+    levels = span.shape[1]
+    box = window.div(levels, rounding_mode="floor")
+    flat = window.div(levels * per_image, rounding_mode="floor") * num_priors + prior
     return box, prior, flat
