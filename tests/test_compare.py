@@ -482,7 +482,14 @@ class ChildTrain:
             raise RuntimeError("worker failed on purpose")
         ap = 30.0 + cfg.model.cls_loss_args.get("mu", 0)
         gpu, threads = os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("OMP_NUM_THREADS")
-        return {"AP": ap, "AP50": ap, "AP75": ap, "pid": os.getpid(), "gpu": gpu, "threads": threads}  # noqa: E501
+        return {
+            "AP": ap,
+            "AP50": ap,
+            "AP75": ap,
+            "pid": os.getpid(),
+            "gpu": gpu,
+            "threads": threads,
+        }
 
 
 def test_run_compare_jobs_trains_in_worker_processes(tmp_path, base_cfg):
