@@ -86,18 +86,20 @@ def test_train_forwards_config_overrides_and_resume(tmp_path, monkeypatch, capsy
 def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     got = {}
 
-    def run_compare(grid_path, seeds, out_dir, jobs=1, gpus=()):
-        got.update(grid=grid_path, seeds=seeds, out=out_dir, jobs=jobs, gpus=gpus)
+    def run_compare(grid_path, seeds, out_dir, jobs=1, gpus=(), first_seed=0):
+        got.update(grid=grid_path, seeds=seeds, out=out_dir, jobs=jobs, gpus=gpus, first=first_seed)
         return Path(out_dir) / "report.md"
 
     monkeypatch.setitem(
         sys.modules, "hcral.compare", types.SimpleNamespace(run_compare=run_compare)
     )
     assert cli.main(["compare", "g.yaml", "--seeds", "2", "--out", str(tmp_path)]) == 0
-    assert got == {"grid": Path("g.yaml"), "seeds": 2, "out": tmp_path, "jobs": 1, "gpus": []}
+    want = {"grid": Path("g.yaml"), "seeds": 2, "out": tmp_path, "jobs": 1, "gpus": [], "first": 0}
+    assert got == want
     args = ["compare", "g.yaml", "--out", str(tmp_path), "--jobs", "4", "--gpus", "0,1"]
-    assert cli.main(args) == 0
+    assert cli.main(args + ["--first-seed", "4"]) == 0
     assert got["jobs"] == 4 and got["gpus"] == ["0", "1"] and got["seeds"] == 3
+    assert got["first"] == 4
 
 
 def test_make_sample_writes_a_small_dataset(tmp_path, capsys):
