@@ -28,7 +28,9 @@ are named ``key=value`` joined by ``,`` with the last part of each key.
 Every (cell, seed) trains in ``DIR/<study>/<cell>/seed_<k>`` with ``train.seed`` =
 base seed + k, and leaves ``metrics.json`` there. A rerun skips runs whose
 ``metrics.json`` exists and resumes (``train(cfg, resume=True)``) runs that have a
-``last.pt`` checkpoint, so an interrupted grid continues where it stopped. ``DIR/<study>/table.md``
+``last.pt`` checkpoint, so an interrupted grid continues where it stopped. Runs go seed
+by seed across all cells; ``--first-seed K`` runs seeds K to K + n - 1 (more seeds
+later, or on a second machine). ``DIR/<study>/table.md``
 then gives AP / AP50 / AP75 as mean ± std (ddof=1) with a Student-t 95% interval, and
 marks each cell against the reference on AP: ``≈`` when the two intervals overlap,
 ``▲`` / ``▼`` when the cell's interval lies wholly above / below. Overlapping
