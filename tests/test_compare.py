@@ -18,6 +18,7 @@ from hcral.compare import (
     apply_override,
     cell_config,
     compare_mark,
+    difference_interval,
     format_summary,
     intervals_overlap,
     load_grid,
@@ -88,6 +89,29 @@ def test_t_quantile_bad_df():
         t_quantile(0)
 
 
+def test_difference_interval_hand_values():
+    # a: n=4, mean 10, std 2; b: n=3, mean 7, std 1 -> va = 1, vb = 1/3, se = 1.1547,
+    # Welch df = (4/3)^2 / (1/3 + (1/9)/2) = 1.7778 / 0.38889 = 4.5714, t = 2.6682 (scipy)
+    a, b = Summary(4, 10.0, 2.0, 0, 0), Summary(3, 7.0, 1.0, 0, 0)
+    lo, hi = difference_interval(a, b)
+    assert (lo + hi) / 2 == pytest.approx(3.0)
+    assert (hi - lo) / 2 == pytest.approx(t_quantile(4.5714) * 1.1547, rel=1e-4)
+    assert 2.6 < (hi - lo) / 2 / 1.1547 < 2.8
+    assert difference_interval(Summary(2, 5.0, 0.0, 5, 5), Summary(2, 4.0, 0.0, 4, 4)) == (1, 1)
+    one = Summary(1, 5.0, math.nan, math.nan, math.nan)
+    assert all(math.isnan(v) for v in difference_interval(one, b))
+
+
+def test_difference_interval_can_be_significant_while_intervals_overlap():
+    # std 0.408 each: intervals [9.35, 10.65] and [10.35, 11.65] overlap, but Welch's
+    # (df 6, t 2.447, se 0.289) is [0.29, 1.71]: the overlap mark is the conservative test.
+    a = summarize([9.5, 10.0, 10.5, 10.0])
+    b = summarize([10.5, 11.0, 11.5, 11.0])
+    assert compare_mark(b, a) == "≈"
+    lo, hi = difference_interval(b, a)
+    assert lo == pytest.approx(0.293, abs=2e-3) and hi == pytest.approx(1.707, abs=2e-3)
+
+
 def test_intervals_overlap():
     assert intervals_overlap((0, 1), (0.5, 2))
     assert intervals_overlap((0, 1), (1, 2))  # touching counts as overlap
@@ -129,7 +153,11 @@ def test_summarize_study_marks_and_markdown():
     header = next(line for line in lines if line.startswith("| cell"))
     assert "AP50" in header and "ΔAP" in header
     hcrac = next(line for line in lines if "`hcrac`" in line)
-    assert "37.2 ± 0.2 [36.7, 37.7]" in hcrac and "+1.0" in hcrac and "1.5 min" in hcrac
+    assert "37.2 ± 0.2 [36.7, 37.7]" in hcrac and "1.5 min" in hcrac
+    # Welch: se = sqrt(2 · 0.04 / 3) = 0.1633, df = 4, t = 2.7764 -> 1.0 ± 0.4534
+    assert "+1.0 [+0.5, +1.5]" in hcrac
+    hc = next(r for r in table.rows if r.name == "hcrac")
+    assert hc.delta_ci == pytest.approx((1.0 - 0.45338, 1.0 + 0.45338), abs=1e-4)
     assert "57.2 ± 0.2" in hcrac  # AP50 column
     assert hcrac.rstrip(" |").endswith("▲")
 

@@ -228,11 +228,12 @@ class Summary:
         return self.n >= 2 and math.isfinite(self.lo) and math.isfinite(self.hi)
 
 
-def t_quantile(df: int, confidence: float = 0.95) -> float:
-    """Two-sided Student-t critical value ``t_{(1+confidence)/2, df}``.
+def t_quantile(df: float, confidence: float = 0.95) -> float:
+    """Two-sided Student-t critical value ``t_{(1+confidence)/2, df}``, ``df ≥ 1``.
 
     Uses scipy when installed; otherwise a table for ``confidence=0.95`` (a df between
-    table rows takes the next smaller df's value, which is slightly conservative).
+    table rows, fractional ones included, takes the next smaller df's value, which is
+    slightly conservative).
     """
     if df < 1:
         raise ValueError(f"df must be >= 1, got {df}")
@@ -270,6 +271,26 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half)
 
 
+def difference_interval(
+    cell: Summary, reference: Summary, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Welch interval for ``cell.mean - reference.mean`` (unequal variances), or NaNs.
+
+    A sharper test than :func:`intervals_overlap`: two means can differ significantly
+    while their own intervals still overlap. The degrees of freedom are
+    Welch–Satterthwaite's; NaN when either side has fewer than 2 seeds.
+    """
+    if cell.n < 2 or reference.n < 2:
+        return math.nan, math.nan
+    va, vb = cell.std**2 / cell.n, reference.std**2 / reference.n
+    delta = cell.mean - reference.mean
+    if va + vb == 0:
+        return delta, delta
+    df = (va + vb) ** 2 / (va**2 / (cell.n - 1) + vb**2 / (reference.n - 1))
+    half = t_quantile(max(df, 1.0), confidence) * math.sqrt(va + vb)
+    return delta - half, delta + half
+
+
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Whether closed intervals ``a = (lo, hi)`` and ``b`` share at least one point."""
     return a[0] <= b[1] and b[0] <= a[1]
@@ -295,6 +316,7 @@ class CellSummary:
     metrics: dict[str, Summary]
     wall_time_s: float  # mean over seeds
     mark: str = ""
+    delta_ci: tuple[float, float] = (math.nan, math.nan)  # Welch, AP against the reference
 
 
 @dataclass
@@ -334,6 +356,8 @@ def summarize_study(
     ref = next(r for r in rows if r.name == reference)
     for row in rows:
         row.mark = "ref" if row is ref else compare_mark(row.metrics["AP"], ref.metrics["AP"])
+        if row is not ref:
+            row.delta_ci = difference_interval(row.metrics["AP"], ref.metrics["AP"], confidence)
     return StudyTable(study, reference, rows, confidence)
 
 
@@ -356,12 +380,14 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
     ref = next(r for r in table.rows if r.name == table.reference)
     pct = round(table.confidence * 100)
     head = ["cell", "n", *(f"{m} (mean ± std [{pct}% CI])" for m in metrics)]
-    head += ["ΔAP", "wall / run", "vs ref"]
+    head += [f"ΔAP [{pct}% CI]", "wall / run", "vs ref"]
     lines = [
         f"### {table.study}",
         "",
         f"Reference: `{table.reference}`. Mark on AP: ≈ {pct}% intervals overlap, "
-        "▲/▼ interval wholly above/below the reference, – fewer than 2 seeds.",
+        "▲/▼ interval wholly above/below the reference, – fewer than 2 seeds. "
+        f"ΔAP [{pct}% CI]: Welch interval of the difference of means; one that excludes "
+        "0 is a significant difference even where the mark says ≈.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + [":---:"]) + "|",
@@ -370,7 +396,11 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
         delta = row.metrics["AP"].mean - ref.metrics["AP"].mean
         cells = [f"`{row.name}`", str(row.metrics["AP"].n)]
         cells += [format_summary(row.metrics[m], digits) for m in metrics]
-        cells += [f"{delta:+.{digits}f}", _format_wall(row.wall_time_s), row.mark]
+        lo, hi = row.delta_ci
+        diff = f"{delta:+.{digits}f}"
+        if math.isfinite(lo) and math.isfinite(hi):
+            diff += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        cells += [diff, _format_wall(row.wall_time_s), row.mark]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -593,6 +623,7 @@ def _table_dict(table: StudyTable) -> dict[str, Any]:
             {
                 "cell": r.name,
                 "mark": r.mark,
+                "delta_ap_ci": list(r.delta_ci),
                 "wall_time_s": r.wall_time_s,
                 "metrics": {m: vars(s) for m, s in r.metrics.items()},
             }
