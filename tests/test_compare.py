@@ -160,6 +160,7 @@ def test_summarize_study_marks_and_markdown():
     assert hc.delta_ci == pytest.approx((1.0 - 0.45338, 1.0 + 0.45338), abs=1e-4)
     assert "57.2 ± 0.2" in hcrac  # AP50 column
     assert hcrac.rstrip(" |").endswith("▲")
+    assert "- `hcrac`: 37.0 / 37.2 / 37.4" in lines and "- `qfl`: 36.1 / 36.3" in lines
 
 
 def test_summarize_study_missing_metric_or_reference():

@@ -317,6 +317,7 @@ class CellSummary:
     wall_time_s: float  # mean over seeds
     mark: str = ""
     delta_ci: tuple[float, float] = (math.nan, math.nan)  # Welch, AP against the reference
+    seeds_ap: list[float] = field(default_factory=list)  # AP of each seed, in seed order
 
 
 @dataclass
@@ -352,7 +353,8 @@ def summarize_study(
                 raise ValueError(f"cell {name!r}: metric {m!r} missing from a run's metrics")
             summaries[m] = summarize([float(r[m]) for r in seeds], confidence)
         wall = math.fsum(float(r.get("wall_time_s", math.nan)) for r in seeds) / len(seeds)
-        rows.append(CellSummary(name, summaries, wall))
+        ap = [float(r["AP"]) for r in seeds] if "AP" in metrics else []
+        rows.append(CellSummary(name, summaries, wall, seeds_ap=ap))
     ref = next(r for r in rows if r.name == reference)
     for row in rows:
         row.mark = "ref" if row is ref else compare_mark(row.metrics["AP"], ref.metrics["AP"])
@@ -402,6 +404,11 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
             diff += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
         cells += [diff, _format_wall(row.wall_time_s), row.mark]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("AP per seed:")
+    for row in table.rows:
+        values = " / ".join(f"{v:.{digits}f}" for v in row.seeds_ap)
+        lines.append(f"- `{row.name}`: {values}")
     return "\n".join(lines) + "\n"
 
 
@@ -624,6 +631,7 @@ def _table_dict(table: StudyTable) -> dict[str, Any]:
                 "cell": r.name,
                 "mark": r.mark,
                 "delta_ap_ci": list(r.delta_ci),
+                "seeds_ap": r.seeds_ap,
                 "wall_time_s": r.wall_time_s,
                 "metrics": {m: vars(s) for m, s in r.metrics.items()},
             }
