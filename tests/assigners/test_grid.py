@@ -16,7 +16,13 @@ from tests.assigners.test_atss import grid_priors
 from hcral.assigners import eatss as eatss_module
 from hcral.assigners import eatss_assign
 from hcral.assigners.atss import INSIDE_EPS, centre_distance_sq, centre_inside
-from hcral.assigners.grid import detect_grid, iou_bound, prior_grid, window_pairs
+from hcral.assigners.grid import (
+    detect_grid,
+    iou_bound,
+    prior_grid,
+    window_bounds,
+    window_pairs,
+)
 from hcral.boxes import aligned_iou, box_centers
 from hcral.models.priors import PriorGenerator
 
@@ -129,7 +135,9 @@ def test_windows_hold_every_prior_the_exact_tests_accept(case):
     priors, nlp = fpn_priors(height, width)
     grid = detect_grid(priors, nlp)
     centres = box_centers(boxes)
-    box, prior, flat = window_pairs(grid, boxes, centres, radius_sq.sqrt(), 1, len(priors))
+    box, prior, flat = window_pairs(
+        grid, window_bounds(boxes, centres, radius_sq.sqrt()), 1, len(priors)
+    )
     assert torch.equal(flat, box * len(priors) + prior)
     pairs = box * len(priors) + prior
     assert pairs.unique().numel() == pairs.numel()  # no cell twice
@@ -227,9 +235,10 @@ def test_the_floor_skips_levels_a_large_gt_cannot_use():
     flat_boxes = boxes.view(-1, 4)
     centres = box_centers(flat_boxes)
     radius = torch.full((2,), 150.0)
-    everything = window_pairs(grid, flat_boxes, centres, radius, 2, len(priors))[1]
+    bounds = window_bounds(flat_boxes, centres, radius)
+    everything = window_pairs(grid, bounds, 2, len(priors))[1]
     floor = torch.full((2,), 0.3)  # P3/P4 priors (64, 128 px) have IoU < 0.1 with 400 px
-    kept = window_pairs(grid, flat_boxes, centres, radius, 2, len(priors), floor)[1]
+    kept = window_pairs(grid, bounds, 2, len(priors), flat_boxes, floor)[1]
     assert 0 < kept.numel() < everything.numel() / 10
     assert (kept >= nlp[0] + nlp[1]).all()
     assert eatss_assign(priors, nlp, *args, None, 3).pos_mask.sum() > 0

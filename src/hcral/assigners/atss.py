@@ -144,6 +144,7 @@ class CandidateChunk:
         iou: float32 IoU of the prior with the GT.
         dist_sq: float32 squared centre distance, px².
         inside: bool, centre inside the GT (and the GT active).
+        gt: int64 GT index (an expanded view).
     """
 
     gts: slice
@@ -151,6 +152,7 @@ class CandidateChunk:
     iou: Tensor
     dist_sq: Tensor
     inside: Tensor
+    gt: Tensor
 
 
 @dataclass
@@ -244,7 +246,7 @@ def _atss_loop(
         claim = iou.masked_fill(~pos, -math.inf)
         merge_claims(best_iou, best_gt, flat.flatten(), claim.flatten(), gt_idx.flatten())
         if collect:
-            candidates.append(CandidateChunk(sl, flat, iou, cand_dist, inside))
+            candidates.append(CandidateChunk(sl, flat, iou, cand_dist, inside, gt_idx))
         if collect and dense_pairs:
             # For priors that are no grid (grid.py searches windows instead).
             hit = sparse_nonzero((dist_sq <= bound[:, sl, None]).view(-1))

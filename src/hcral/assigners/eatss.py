@@ -44,16 +44,22 @@ import torch
 from torch import Tensor
 
 from hcral.assigners.atss import (
+    INSIDE_EPS,
     AtssState,
+    CandidateChunk,
     atss_core,
-    centre_distance_sq,
-    centre_inside,
     check_levels,
 )
-from hcral.assigners.grid import PriorGrid, prior_grid, window_pairs
+from hcral.assigners.grid import (
+    PriorGrid,
+    lower_negated,
+    prior_grid,
+    prior_table,
+    window_pairs,
+)
 from hcral.assigners.max_iou import AssignInputs, finalize, prepare_inputs
 from hcral.assigners.result import AssignResult
-from hcral.boxes import aligned_iou
+from hcral.boxes import EPS, aligned_iou
 
 __all__ = ["RANK_EPS", "eatss_assign"]
 
@@ -63,44 +69,25 @@ RANK_EPS = 1e-6
 PRUNE_MIN_GTS = 16
 
 
-def top_per_group(
-    group: Tensor,
-    score: Tensor,
-    index: Tensor,
-    k: int,
-    num_groups: int | None = None,
-    index_bound: int | None = None,
-) -> Tensor:
-    """Indices of the ``k`` best entries of each group: higher score, then lower index.
+def top_per_group(group: Tensor, score: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` best entries of each group: higher score, then earlier entry.
 
     Args:
-        group: ``(P,)`` int64 group ids, non-negative.
+        group: ``(P,)`` int64 group ids in ``[0, 2³¹)``.
         score: ``(P,)`` float32, non-negative.
-        index: ``(P,)`` int64 in ``[0, 2³²)``, the tie-breaker.
         k: entries kept per group, ``k ≥ 1``.
-        num_groups, index_bound: known bounds ``group < num_groups``, ``index <
-            index_bound``; read off the tensors (a device sync) when None.
     Returns:
         ``(K,)`` int64 positions into the inputs, grouped (descending group id).
+
+    EATSS's pairs list each GT's priors in ascending index order (window and dense
+    search alike), so "earlier entry" is SPEC's "lower prior index" on ties.
     """
     if not group.numel():
         return group.new_zeros(0)
-    if num_groups is None:
-        num_groups = int(group.max()) + 1
-    if index_bound is None:
-        index_bound = int(index.max()) + 1
     # Non-negative float32 bit patterns order like the floats (31 bits): one exact int64
-    # key (group, score, -index) and a single sort when the three fit in 63 bits.
-    bits = (index_bound - 1).bit_length()
-    shift = 31 + bits
-    if (num_groups - 1).bit_length() + shift <= 63:
-        key = (group << shift) | (score.contiguous().view(torch.int32).to(torch.int64) << bits)
-        key |= (1 << bits) - 1 - index
-        order = torch.argsort(key, descending=True)
-    else:
-        key = (score.contiguous().view(torch.int32).to(torch.int64) << 32) | (0xFFFFFFFF - index)
-        order = torch.argsort(key, descending=True)
-        order = order[torch.argsort(group[order], stable=True)]
+    # key (group, score); the stable sort keeps equal keys in input order.
+    key = (group << 32) | score.contiguous().view(torch.int32).to(torch.int64)
+    order = torch.argsort(key, descending=True, stable=True)
     # Sorted by group, an entry ranks < k in its group iff the entry k places earlier
     # belongs to another group.
     sorted_group = group.index_select(0, order)
@@ -125,81 +112,138 @@ def _d_max(
     GT has ATSS positives): its final extras score at least that much, so no prior
     scoring less can be picked.
     """
-    n = state.bound.shape[0]
-    dev = state.bound.device
-    pos_dist = torch.full((n, m), -math.inf, device=dev)
-    rank_floor = torch.full((n, m), -math.inf, device=dev) if floor else None
-    for c in state.candidates:
+    won_parts, floor_parts = [], []
+    for c in state.candidates:  # GT chunks, in order
         owner = state.best_gt.index_select(0, c.flat.view(-1)).view_as(c.flat)
-        gt_idx = torch.arange(c.gts.start, c.gts.stop, device=dev)[None, :, None]
         # Claims that survived ATSS's conflict resolution (a won prior was a claim).
-        won = torch.where(owner == gt_idx, c.dist_sq, -math.inf).amax(-1)  # (N, G)
-        pos_dist[:, c.gts] = won
-        if floor and c.iou.shape[-1] >= num_extra:
-            d_max_sq = torch.where(won > -math.inf, won, state.bound[:, c.gts])[..., None]
-            free = (owner < 0) & c.inside & (c.dist_sq <= d_max_sq)
-            if min_iou > 0:
-                free &= (c.iou >= min_iou) | (won == -math.inf)[..., None]
-            score = _rank_score(c.iou, c.dist_sq.sqrt(), d_max_sq.clamp(min=0).sqrt())
-            kth = score.masked_fill(~free, -math.inf).topk(num_extra, dim=-1).values[..., -1]
-            rank_floor[:, c.gts] = kth
-    pos_dist = pos_dist.view(-1)
-    rank_floor = None if rank_floor is None else rank_floor.view(-1)
+        won = c.dist_sq.masked_fill(owner != c.gt, -math.inf).amax(-1)  # (N, G)
+        won_parts.append(won)
+        if floor:
+            floor_parts.append(_chunk_floor(state, c, owner, won, num_extra, min_iou))
+    pos_dist = _cat_gts(won_parts)
     has_pos = pos_dist > -math.inf
+    rank_floor = _cat_gts(floor_parts) if floor else None
     return torch.where(has_pos, pos_dist, state.bound.view(-1)), has_pos, rank_floor
+
+
+def _cat_gts(parts: list[Tensor]) -> Tensor:
+    """``(N, G)`` chunk parts -> ``(N·M,)``, image-major."""
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).reshape(-1)
+
+
+def _chunk_floor(
+    state: AtssState, c: CandidateChunk, owner: Tensor, won: Tensor, num_extra: int,
+    min_iou: float,
+) -> Tensor:  # fmt: skip
+    """``(N, G)`` rank floor of a GT chunk (:func:`_d_max`), ``-inf`` where none."""
+    if c.iou.shape[-1] < num_extra:
+        return torch.full_like(won, -math.inf)
+    d_max_sq = torch.where(won > -math.inf, won, state.bound[:, c.gts])[..., None]
+    free = (owner < 0) & c.inside & (c.dist_sq <= d_max_sq)
+    if min_iou > 0:
+        free &= (c.iou >= min_iou) | (won == -math.inf)[..., None]
+    score = _rank_score(c.iou, c.dist_sq.sqrt(), d_max_sq.clamp(min=0).sqrt())
+    return score.masked_fill(~free, -math.inf).topk(num_extra, dim=-1).values[..., -1]
 
 
 def _pairs(
     inputs: AssignInputs,
     state: AtssState,
     grid: PriorGrid | None,
-    radius: Tensor,
+    table: Tensor,
     rank_floor: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A superset of the step-3 pairs that can still be picked, ``(P,)`` each: ``(gid,
-    prior, flat)``; from the dense test of the ATSS pass, or from the grid windows of
-    ``(N·M,)`` radii ``d_max`` (skipping levels whose IoU bound is under the rank floor)."""
+    prior, flat)``, each GT's priors ascending; from the dense test of the ATSS pass, or
+    from the grid windows of the GT boxes clipped to their d_max squares (skipping levels
+    whose IoU bound is under the rank floor)."""
     n, m, r = inputs.shape
     if grid is None:
         return state.pairs
+    bounds = torch.minimum(table[:, :4], table[:, 4:8] + table[:, 9:10])  # window_bounds
+    boxes = inputs.boxes.view(n * m, 4)
+    return window_pairs(grid, bounds, m, r, boxes, rank_floor)
+
+
+def _prior_rows(
+    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None, prior: Tensor
+) -> Tensor:
+    """``(P, 9)`` rows of :func:`grid.prior_table` of the priors ``prior``."""
+    if grid is not None:
+        return grid.prior_table.index_select(0, prior)
+    return prior_table(inputs.priors.index_select(0, prior), state.centres.index_select(0, prior))
+
+
+def _gt_table(inputs: AssignInputs, state: AtssState, d_max_sq: Tensor) -> Tensor:
+    """``(N·M, 11)`` per GT: :func:`grid.lower_negated` box and centre, d_max², d_max, area.
+
+    No candidate (``d_max² = -inf``) gives d_max 0: a window the tests reject.
+    """
+    n, m, _ = inputs.shape
     boxes, centres = inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2)
-    return window_pairs(grid, boxes, centres, radius, m, r, rank_floor)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    radius = d_max_sq.clamp(min=0).sqrt()
+    return torch.cat(
+        (lower_negated(boxes), lower_negated(centres), d_max_sq[:, None], radius[:, None],
+         wh[:, :1] * wh[:, 1:]), dim=1,
+    )  # fmt: skip
+
+
+def _candidate_iou(pr: Tensor, gt: Tensor) -> Tensor:
+    """``(P,)`` IoU of ``(P, 9)`` prior rows with their GT's ``(P, 11)`` rows.
+
+    aligned_iou's float operations in its order (on negated lower corners, which round
+    alike), so the values are bit-identical to the ATSS pass's, less the clamp of the
+    overlap at 0: a no-op on the pairs kept, whose prior centre lies inside the GT.
+    """
+    corners = torch.minimum(pr[:, :4], gt[:, :4])  # (-x_lo, -y_lo, x_hi, y_hi) of the overlap
+    wh = corners[:, 2:] + corners[:, :2]
+    inter = wh[:, 0] * wh[:, 1]
+    return inter / (pr[:, 8] + gt[:, 10] - inter).clamp_(min=EPS)
 
 
 def _extra_candidates(
     inputs: AssignInputs,
     state: AtssState,
     grid: PriorGrid | None,
+    pred_boxes: Tensor | None,
     num_extra: int,
-    prune: bool,
     min_iou: float,
 ) -> tuple[Tensor, ...]:
-    """SPEC §4 step 3 per extra candidate: ``(P,)`` gid, prior and flat indices, ``(P, 8)``
-    its GT's row of the GT table (box, centre, d_max², d_max) and ``(P,)`` distance; plus
-    ``(N·M,)`` has_pos, whether ATSS gave the GT a positive."""
+    """SPEC §4 steps 3–4 per extra candidate, ``(P,)`` each: gid, flat prior index, prior
+    IoU and rank score; plus ``(N·M,)`` has_pos, whether ATSS gave the GT a positive."""
     n, m, _ = inputs.shape
-    # Levels are skipped for many GTs only: the floor costs ~20 small kernels.
-    floor = prune and grid is not None and grid.prior_wh is not None and n * m >= PRUNE_MIN_GTS
-    d_max_sq, has_pos, rank_floor = _d_max(state, m, num_extra, floor, min_iou)
-    radius = d_max_sq.clamp(min=0).sqrt()  # no candidate (-inf): a window the tests reject
-    # One gather per pair fetches everything the tests and the rank need of its GT.
-    table = torch.cat(
-        (inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2), d_max_sq[:, None],
-         radius[:, None]), dim=1,
+    # Levels are skipped for many GTs only: the floor costs ~20 small kernels; and for the
+    # prior-IoU rank only, which is bounded by the prior's size.
+    floor = (
+        pred_boxes is None and grid is not None and grid.prior_wh is not None
+        and n * m >= PRUNE_MIN_GTS
     )  # fmt: skip
-    gid, prior, flat = _pairs(inputs, state, grid, radius, rank_floor)
-    gt = table.index_select(0, gid)  # (P, 8)
-    centres = state.centres.index_select(0, prior)
-    # The same elementwise expression as the ATSS pass: bit-identical distances.
-    dist_sq = centre_distance_sq(centres, gt[:, 4:6])
-    keep = (
-        (state.best_gt.index_select(0, flat) < 0)
-        & (dist_sq <= gt[:, 6])
-        & centre_inside(centres, gt[:, :4])
-    )
+    d_max_sq, has_pos, rank_floor = _d_max(state, m, num_extra, floor, min_iou)
+    table = _gt_table(inputs, state, d_max_sq)
+    gid, prior, flat = _pairs(inputs, state, grid, table, rank_floor)
+    # One gather per pair of each table fetches everything the tests and the rank need.
+    gt = table.index_select(0, gid)  # (P, 11)
+    pr = _prior_rows(inputs, state, grid, prior)  # (P, 9)
+    # centre_distance_sq's and centre_inside's float operations: bit-identical to ATSS.
+    delta = pr[:, 6:8] - gt[:, 6:8]
+    delta.mul_(delta)
+    dist_sq = delta[:, 0] + delta[:, 1]
+    inside = (gt[:, :4] - pr[:, 4:8]).amin(1) > INSIDE_EPS  # margins (x-x1, y-y1, x2-x, y2-y)
+    keep = (state.best_gt.index_select(0, flat) < 0) & (dist_sq <= gt[:, 8]) & inside
+    # IoU and rank of every pair, then one compaction (the few rejected pairs cost less
+    # than a second round of gathers).
+    iou = _candidate_iou(pr, gt)
+    if min_iou > 0:  # the quality gate (module doc); GTs ATSS left empty are exempt
+        keep &= (iou >= min_iou) | ~has_pos.index_select(0, gid)
+    ranked = iou
+    if pred_boxes is not None:
+        gt_boxes = inputs.boxes.view(n * m, 4).index_select(0, gid)
+        ranked = aligned_iou(pred_boxes.view(-1, 4).index_select(0, flat), gt_boxes)
+        ranked = torch.nan_to_num(ranked, nan=0.0)
+    score = _rank_score(ranked, dist_sq.sqrt(), gt[:, 9])
     idx = keep.nonzero().squeeze(1)
-    picked = (t.index_select(0, idx) for t in (gid, prior, flat, gt, dist_sq.sqrt()))
-    return *picked, has_pos
+    return *(t.index_select(0, idx) for t in (gid, flat, iou, score)), has_pos
 
 
 def _resolve(flat: Tensor, gid: Tensor, score: Tensor, has_pos: Tensor, m: int) -> Tensor:
@@ -228,28 +272,15 @@ def _extras(
     min_iou: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The extra positives: ``(E,)`` flat prior index ``n·R + r``, GT index and prior IoU."""
-    n, m, r = inputs.shape
-    # The prior-IoU rank bounds the score by the prior's size: levels can be skipped.
-    prune = pred_boxes is None
-    extra = _extra_candidates(inputs, state, grid, num_extra, prune, min_iou)
-    gid, prior, flat, gt, dist, has_pos = extra
-    # Active GTs and the priors are valid boxes: no inverted-box handling needed.
-    iou = aligned_iou(inputs.priors.index_select(0, prior), gt[:, :4], assume_valid=True)
-    if min_iou > 0:  # the quality gate (module doc); GTs ATSS left empty are exempt
-        ok = ((iou >= min_iou) | ~has_pos.index_select(0, gid)).nonzero().squeeze(1)
-        gid, prior, flat, gt, dist, iou = (
-            t.index_select(0, ok) for t in (gid, prior, flat, gt, dist, iou)
-        )
-    if pred_boxes is None:
-        score = _rank_score(iou, dist, gt[:, 7])
-    else:
-        ranked = aligned_iou(pred_boxes.view(n * r, 4).index_select(0, flat), gt[:, :4])
-        score = _rank_score(torch.nan_to_num(ranked, nan=0.0), dist, gt[:, 7])
-    pick = top_per_group(gid, score, prior, num_extra, n * m, r)
+    m = inputs.shape[1]
+    extra = _extra_candidates(inputs, state, grid, pred_boxes, num_extra, min_iou)
+    gid, flat, iou, score, has_pos = extra
+    pick = top_per_group(gid, score, num_extra)
+    if m == 1:  # with one GT per image no prior is picked twice
+        return flat.index_select(0, pick), gid.new_zeros(pick.shape), iou.index_select(0, pick)
     gid, flat, iou, score = (t.index_select(0, pick) for t in (gid, flat, iou, score))
-    if m > 1:  # with one GT per image no prior is picked twice
-        won = _resolve(flat, gid, score, has_pos, m)
-        gid, flat, iou = (t.index_select(0, won) for t in (gid, flat, iou))
+    won = _resolve(flat, gid, score, has_pos, m)
+    gid, flat, iou = (t.index_select(0, won) for t in (gid, flat, iou))
     return flat, gid % m, iou
 
 

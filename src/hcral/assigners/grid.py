@@ -36,7 +36,16 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from hcral.boxes import box_centers
 
-__all__ = ["PriorGrid", "detect_grid", "iou_bound", "prior_grid", "window_pairs"]
+__all__ = [
+    "PriorGrid",
+    "detect_grid",
+    "iou_bound",
+    "lower_negated",
+    "prior_grid",
+    "prior_table",
+    "window_bounds",
+    "window_pairs",
+]
 
 # A centre may deviate from its ideal grid position by GRID_TOL of the stride. Window
 # bounds are widened by WINDOW_SLACK cells (deviation plus float error, in float64), so
@@ -52,8 +61,8 @@ _LAST: list = [None]  # (weak ref to the priors, key, grid) of the latest lookup
 class PriorGrid:
     """Per-level grid parameters over the non-empty levels (L' of them).
 
-    The window arithmetic works on signed bounds ``(x_lo, y_lo, -x_hi, -y_hi)`` so that
-    one ``ceil`` gives the first cell and minus the last cell of a window.
+    The window arithmetic works on signed cell bounds ``(x_lo, y_lo, -x_hi, -y_hi)`` so
+    that one ``ceil`` gives the first cell and minus the last cell of a window.
 
     Attributes:
         start: ``(L',)`` int64 index of the level's first prior.
@@ -61,22 +70,23 @@ class PriorGrid:
         origin: ``(L', 4)`` float64 ``-(x0, y0, -x0, -y0) / stride - WINDOW_SLACK``:
             signed bound ``b`` (px) lies ``b / stride + origin`` cells past cell 0.
         inv_stride: ``(L', 1)`` float64 ``1 / stride``, px⁻¹.
-        sign: ``(4,)`` float32 ``(1, 1, -1, -1)``.
         prior_wh: ``(L', 2)`` float64 width and height shared by every prior of a level,
             or None when a level mixes sizes (or has priors under 1e-3 px²) — then no
             level is ever skipped.
         cell_min, cell_max: ``(L', 4)`` float64 clamp of the signed cell bounds:
             first cell in ``[0, W]``, last cell in ``[-1, W-1]`` (same for rows).
+        prior_table: ``(R, 9)`` float32 per prior, :func:`prior_table`; one gather gives
+            EATSS everything it needs of a candidate prior.
     """
 
     start: Tensor
     width: Tensor
     origin: Tensor
     inv_stride: Tensor
-    sign: Tensor
     cell_min: Tensor
     cell_max: Tensor
     prior_wh: Tensor | None
+    prior_table: Tensor
 
 
 def _level_grid(centres: Tensor) -> tuple[float, float, float, int, int] | None:
@@ -125,12 +135,38 @@ def detect_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | 
         width=width.long(),
         origin=torch.stack((-x0, -y0, x0, y0), -1) / stride[:, None] - WINDOW_SLACK,
         inv_stride=1 / stride[:, None],
-        sign=torch.tensor([1.0, 1.0, -1.0, -1.0]),
         cell_min=torch.stack((zero, zero, 1 - width, 1 - height), -1),
         cell_max=torch.stack((width, height, zero + 1, zero + 1), -1),
         prior_wh=_level_sizes(priors, num_level_priors),
+        prior_table=prior_table(priors.float(), centres),
     )
     return PriorGrid(**{k: _to(v, priors.device) for k, v in vars(grid).items()})
+
+
+def lower_negated(points: Tensor) -> Tensor:
+    """``(B, 4)`` xyxy boxes (or ``(B, 2)`` points, doubled) as ``(-x1, -y1, x2, y2)``.
+
+    In this form one ``minimum`` intersects two boxes, one subtraction gives a point's
+    four margins inside a box, and every value is the negation-exact image of the xyxy
+    arithmetic (``-a + b`` rounds as ``b - a``), so the results are bit-identical.
+    """
+    if points.shape[-1] == 2:
+        return torch.cat((-points, points), -1)
+    return torch.cat((-points[:, :2], points[:, 2:]), -1)
+
+
+def prior_table(priors: Tensor, centres: Tensor) -> Tensor:
+    """``(R, 9)`` float32 rows of ``(R, 4)`` valid priors with their ``(R, 2)`` centres:
+    :func:`lower_negated` box, the same of the centre ``(-cx, -cy, cx, cy)``, area ``w·h``."""
+    wh = priors[:, 2:] - priors[:, :2]
+    area = wh[:, :1] * wh[:, 1:]
+    return torch.cat((lower_negated(priors), lower_negated(centres), area), 1)
+
+
+def window_bounds(boxes: Tensor, centres: Tensor, radius: Tensor) -> Tensor:
+    """``(B, 4)`` :func:`lower_negated` rectangles: ``(B, 4)`` xyxy boxes clipped to the
+    squares of half-side ``(B,)`` radius around ``(B, 2)`` centres (window_pairs' input)."""
+    return torch.minimum(lower_negated(boxes), lower_negated(centres) + radius[:, None])
 
 
 def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
@@ -176,40 +212,38 @@ def iou_bound(grid: PriorGrid, boxes: Tensor) -> Tensor:
 
 def window_pairs(
     grid: PriorGrid,
-    boxes: Tensor,
-    centres: Tensor,
-    radius: Tensor,
+    bounds: Tensor,
     per_image: int,
     num_priors: int,
+    boxes: Tensor | None = None,
     rank_floor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Cells of every (GT, level) window: a superset of the priors whose centre lies in
-    the GT box and within ``radius`` of ``centres`` — and, given ``rank_floor``, whose
-    IoU with the GT may reach it (levels with a lower :func:`iou_bound` are skipped).
+    """Cells of every (box, level) window: the priors whose centre may lie in the box's
+    rectangle ``bounds`` (a superset: each side is widened by ``WINDOW_SLACK`` cells) and
+    — given ``rank_floor`` — whose IoU with the box may reach it (levels with a lower
+    :func:`iou_bound` are skipped).
 
     Args:
         grid: the priors' grid.
-        boxes: ``(N·M, 4)`` float32 xyxy GT boxes, finite, image-major.
-        centres: ``(N·M, 2)`` float32 box centres.
-        radius: ``(N·M,)`` float32 px, ``≥ 0``.
+        bounds: ``(N·M, 4)`` float32 rectangles as ``(-x_lo, -y_lo, x_hi, y_hi)`` px
+            (:func:`lower_negated`, :func:`window_bounds`), finite, image-major.
         per_image: M, boxes per image.
         num_priors: R.
-        rank_floor: optional ``(N·M,)`` float32 score each GT's picks reach (``-inf``:
+        boxes: ``(N·M, 4)`` float32 xyxy boxes, needed with ``rank_floor`` only.
+        rank_floor: optional ``(N·M,)`` float32 score each box's picks reach (``-inf``:
             skip nothing); needs ``grid.prior_wh``.
     Returns:
         ``(P,)`` int64 each: box index ``n·M + g``, prior index ``r`` and flat prior
-        index ``n·R + r``; box-major.
+        index ``n·R + r``; box-major, each box's priors in ascending order.
     """
-    r = radius[:, None]
-    signed = torch.cat((centres, -centres), -1) - r  # (B, 4) the disc's square, signed
-    bounds = torch.maximum(boxes * grid.sign, signed)
     # (B, L', 4): first column, first row, -last column, -last row (the ceiling of the
-    # signed bounds in cells, less the slack), clamped in float so that huge finite
-    # coordinates convert safely.
-    cells = torch.addcmul(grid.origin, bounds[:, None], grid.inv_stride).ceil_()
+    # signed bounds (x_lo, y_lo, -x_hi, -y_hi) = -bounds in cells, less the slack),
+    # clamped in float so that huge finite coordinates convert safely.
+    cells = torch.addcmul(grid.origin, bounds[:, None], grid.inv_stride, value=-1).ceil_()
     cells = torch.clamp(cells, grid.cell_min, grid.cell_max).long()
-    span = (1 - cells[..., 2:] - cells[..., :2]).clamp_(min=0)  # (B, L', 2) columns, rows
-    count = span.prod(-1)  # (B, L') cells per window
+    # -(cells per row/column) = first + (-last) - 1, kept negative: the product is the same.
+    neg_span = (cells[..., :2] + cells[..., 2:]).sub_(1).clamp_(max=0)  # (B, L', 2)
+    count = neg_span.prod(-1)  # (B, L') cells per window
     if rank_floor is not None:
         # Float32 IoUs may exceed the exact bound by a few ulps: keep a margin.
         hopeless = iou_bound(grid, boxes) * (1 + 1e-4) + 1e-6 < rank_floor[:, None]
@@ -217,15 +251,16 @@ def window_pairs(
     count = count.view(-1)  # (B·L',)
     # Cell (row, col) of a window is prior base + row·W + col, and its rank in the window
     # is offset = row·cols + col, so prior = base + offset + row·(W - cols).
-    cols = span[..., 0]
+    neg_cols = neg_span[..., 0]
     base = grid.start + cells[..., 1] * grid.width + cells[..., 0]  # (B, L')
     first = count.cumsum(0) - count  # the first pair of each window
     window = torch.repeat_interleave(count)  # (P,) window b·L' + l of each cell
-    table = torch.stack((base.view(-1), (grid.width - cols).view(-1), cols.view(-1), first), 0)
-    base, skip, cols, first = table.index_select(1, window)  # (4, P)
-    offset = torch.arange(window.numel(), device=boxes.device) - first
-    prior = base + offset + offset.div(cols, rounding_mode="floor") * skip
-    levels = span.shape[1]
+    table = torch.stack((base.view(-1), (grid.width + neg_cols).view(-1), neg_cols.view(-1), first))
+    base, skip, neg_cols, first = table.index_select(1, window)  # (4, P)
+    offset = torch.arange(window.numel(), device=bounds.device) - first
+    # row = offset // cols = -trunc(offset / -cols), as offset ≥ 0 and cols > 0.
+    prior = base + offset - offset.div(neg_cols, rounding_mode="trunc") * skip
+    levels = neg_span.shape[1]
     box = window.div(levels, rounding_mode="floor")
     flat = window.div(levels * per_image, rounding_mode="floor") * num_priors + prior
     return box, prior, flat
