@@ -52,9 +52,7 @@ from hcral.assigners.atss import (
 )
 from hcral.assigners.grid import (
     PriorGrid,
-    lower_negated,
-    prior_grid,
-    prior_table,
+    prior_info,
     window_pairs,
 )
 from hcral.assigners.max_iou import AssignInputs, finalize, prepare_inputs
@@ -69,13 +67,14 @@ RANK_EPS = 1e-6
 PRUNE_MIN_GTS = 16
 
 
-def top_per_group(group: Tensor, score: Tensor, k: int) -> Tensor:
+def top_per_group(group: Tensor, score: Tensor, k: int, keep: Tensor | None = None) -> Tensor:
     """Indices of the ``k`` best entries of each group: higher score, then earlier entry.
 
     Args:
         group: ``(P,)`` int64 group ids in ``[0, 2³¹)``.
-        score: ``(P,)`` float32, non-negative.
+        score: ``(P,)`` float32, non-negative where kept.
         k: entries kept per group, ``k ≥ 1``.
+        keep: optional ``(P,)`` bool, the entries that take part (default: all).
     Returns:
         ``(K,)`` int64 positions into the inputs, grouped (descending group id).
 
@@ -85,14 +84,19 @@ def top_per_group(group: Tensor, score: Tensor, k: int) -> Tensor:
     if not group.numel():
         return group.new_zeros(0)
     # Non-negative float32 bit patterns order like the floats (31 bits): one exact int64
-    # key (group, score); the stable sort keeps equal keys in input order.
+    # key (group, score), -1 for the entries left out; the stable sort keeps equal keys
+    # in input order.
     key = (group << 32) | score.contiguous().view(torch.int32).to(torch.int64)
-    order = torch.argsort(key, descending=True, stable=True)
+    if keep is not None:
+        key = torch.where(keep, key, -1)
+    sorted_key, order = key.sort(descending=True, stable=True)
+    sorted_group = sorted_key >> 32  # -1 for the left-out, last
     # Sorted by group, an entry ranks < k in its group iff the entry k places earlier
     # belongs to another group.
-    sorted_group = group.index_select(0, order)
     top = torch.ones_like(sorted_group, dtype=torch.bool)
     top[k:] = sorted_group[k:] != sorted_group[:-k]
+    if keep is not None:
+        top &= sorted_group >= 0
     return order.index_select(0, top.nonzero().squeeze(1))
 
 
@@ -165,15 +169,6 @@ def _pairs(
     return window_pairs(grid, bounds, m, r, boxes, rank_floor)
 
 
-def _prior_rows(
-    inputs: AssignInputs, state: AtssState, grid: PriorGrid | None, prior: Tensor
-) -> Tensor:
-    """``(P, 9)`` rows of :func:`grid.prior_table` of the priors ``prior``."""
-    if grid is not None:
-        return grid.prior_table.index_select(0, prior)
-    return prior_table(inputs.priors.index_select(0, prior), state.centres.index_select(0, prior))
-
-
 def _gt_table(inputs: AssignInputs, state: AtssState, d_max_sq: Tensor) -> Tensor:
     """``(N·M, 11)`` per GT: :func:`grid.lower_negated` box and centre, d_max², d_max, area.
 
@@ -183,8 +178,9 @@ def _gt_table(inputs: AssignInputs, state: AtssState, d_max_sq: Tensor) -> Tenso
     boxes, centres = inputs.boxes.view(n * m, 4), state.gt_centres.view(n * m, 2)
     wh = boxes[:, 2:] - boxes[:, :2]
     radius = d_max_sq.clamp(min=0).sqrt()
+    # lower_negated(boxes) and lower_negated(centres), in the one cat.
     return torch.cat(
-        (lower_negated(boxes), lower_negated(centres), d_max_sq[:, None], radius[:, None],
+        (-boxes[:, :2], boxes[:, 2:], -centres, centres, d_max_sq[:, None], radius[:, None],
          wh[:, :1] * wh[:, 1:]), dim=1,
     )  # fmt: skip
 
@@ -206,12 +202,14 @@ def _extra_candidates(
     inputs: AssignInputs,
     state: AtssState,
     grid: PriorGrid | None,
+    rows: Tensor,
     pred_boxes: Tensor | None,
     num_extra: int,
     min_iou: float,
 ) -> tuple[Tensor, ...]:
-    """SPEC §4 steps 3–4 per extra candidate, ``(P,)`` each: gid, flat prior index, prior
-    IoU and rank score; plus ``(N·M,)`` has_pos, whether ATSS gave the GT a positive."""
+    """SPEC §4 steps 3–4 for a superset of the extra candidates, ``(P,)`` each: gid, flat
+    prior index, prior IoU, rank score and keep (whether it is an extra candidate; None:
+    all are); plus ``(N·M,)`` has_pos, whether ATSS gave the GT a positive."""
     n, m, _ = inputs.shape
     # Levels are skipped for many GTs only: the floor costs ~20 small kernels; and for the
     # prior-IoU rank only, which is bounded by the prior's size.
@@ -224,26 +222,32 @@ def _extra_candidates(
     gid, prior, flat = _pairs(inputs, state, grid, table, rank_floor)
     # One gather per pair of each table fetches everything the tests and the rank need.
     gt = table.index_select(0, gid)  # (P, 11)
-    pr = _prior_rows(inputs, state, grid, prior)  # (P, 9)
+    pr = rows.index_select(0, prior)  # (P, 9)
     # centre_distance_sq's and centre_inside's float operations: bit-identical to ATSS.
     delta = pr[:, 6:8] - gt[:, 6:8]
     delta.mul_(delta)
     dist_sq = delta[:, 0] + delta[:, 1]
     inside = (gt[:, :4] - pr[:, 4:8]).amin(1) > INSIDE_EPS  # margins (x-x1, y-y1, x2-x, y2-y)
-    keep = (state.best_gt.index_select(0, flat) < 0) & (dist_sq <= gt[:, 8]) & inside
-    # IoU and rank of every pair, then one compaction (the few rejected pairs cost less
-    # than a second round of gathers).
+    keep: Tensor | None = (state.best_gt.index_select(0, flat) < 0) & (dist_sq <= gt[:, 8]) & inside
+    if grid is None:
+        # The dense test's pairs fill the fallback radius, not the GT: most are rejected,
+        # so compact them before the IoU.
+        idx = keep.nonzero().squeeze(1)
+        gid, flat, gt, pr, dist_sq = (t.index_select(0, idx) for t in (gid, flat, gt, pr, dist_sq))
+        keep = None
+    # The windows' pairs are mostly kept: IoU and rank of every pair, no compaction (the
+    # ranking leaves the others out; the few rejected cost less than a round of gathers).
     iou = _candidate_iou(pr, gt)
     if min_iou > 0:  # the quality gate (module doc); GTs ATSS left empty are exempt
-        keep &= (iou >= min_iou) | ~has_pos.index_select(0, gid)
+        gate = (iou >= min_iou) | ~has_pos.index_select(0, gid)
+        keep = gate if keep is None else keep & gate
     ranked = iou
     if pred_boxes is not None:
         gt_boxes = inputs.boxes.view(n * m, 4).index_select(0, gid)
         ranked = aligned_iou(pred_boxes.view(-1, 4).index_select(0, flat), gt_boxes)
         ranked = torch.nan_to_num(ranked, nan=0.0)
     score = _rank_score(ranked, dist_sq.sqrt(), gt[:, 9])
-    idx = keep.nonzero().squeeze(1)
-    return *(t.index_select(0, idx) for t in (gid, flat, iou, score)), has_pos
+    return gid, flat, iou, score, keep, has_pos
 
 
 def _resolve(flat: Tensor, gid: Tensor, score: Tensor, has_pos: Tensor, m: int) -> Tensor:
@@ -267,15 +271,20 @@ def _extras(
     inputs: AssignInputs,
     state: AtssState,
     grid: PriorGrid | None,
+    rows: Tensor,
     pred_boxes: Tensor | None,
     num_extra: int,
     min_iou: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The extra positives: ``(E,)`` flat prior index ``n·R + r``, GT index and prior IoU."""
+    """The extra positives: ``(E,)`` flat prior index ``n·R + r``, GT index and prior IoU.
+
+    ``grid``: the priors' grid (None: the dense test's pairs); ``rows``: their
+    ``(R, 9)`` :func:`grid.prior_table`.
+    """
     m = inputs.shape[1]
-    extra = _extra_candidates(inputs, state, grid, pred_boxes, num_extra, min_iou)
-    gid, flat, iou, score, has_pos = extra
-    pick = top_per_group(gid, score, num_extra)
+    extra = _extra_candidates(inputs, state, grid, rows, pred_boxes, num_extra, min_iou)
+    gid, flat, iou, score, keep, has_pos = extra
+    pick = top_per_group(gid, score, num_extra, keep)
     if m == 1:  # with one GT per image no prior is picked twice
         return flat.index_select(0, pick), gid.new_zeros(pick.shape), iou.index_select(0, pick)
     gid, flat, iou, score = (t.index_select(0, pick) for t in (gid, flat, iou, score))
@@ -335,7 +344,10 @@ def eatss_assign(
     if pred_boxes is not None and tuple(pred_boxes.shape) != (n, r, 4):
         raise ValueError(f"pred_boxes must have shape {(n, r, 4)}, got {tuple(pred_boxes.shape)}")
     extra = num_extra > 0 and m > 0 and r > 0
-    grid = prior_grid(priors, num_level_priors) if extra and search == "grid" else None
+    grid = rows = None
+    if extra:  # both cached per priors tensor (grid.py)
+        grid, rows = prior_info(priors, num_level_priors)
+        grid = grid if search == "grid" else None
     state = atss_core(
         inputs, num_level_priors, topk, chunk_size, collect=extra, dense_pairs=grid is None
     )
@@ -343,7 +355,7 @@ def eatss_assign(
     if extra:
         pred = None if pred_boxes is None else pred_boxes.detach().float()
         with torch.inference_mode():  # as in atss_core: cheaper small kernels
-            extras = _extras(inputs, state, grid, pred, num_extra, min_extra_iou)
+            extras = _extras(inputs, state, grid, rows, pred, num_extra, min_extra_iou)
         flat, extra_gt, extra_iou = extras
         gt_inds.index_put_((flat,), extra_gt)  # the state's own (normal) buffers
         ious.index_put_((flat,), extra_iou)

@@ -42,6 +42,7 @@ __all__ = [
     "iou_bound",
     "lower_negated",
     "prior_grid",
+    "prior_info",
     "prior_table",
     "window_bounds",
     "window_pairs",
@@ -54,7 +55,7 @@ GRID_TOL = 1e-3
 WINDOW_SLACK = 1e-2
 
 _CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
-_LAST: list = [None]  # (weak ref to the priors, key, grid) of the latest lookup
+_LAST: list = [None]  # (weak ref to the priors, key, grid, table) of the latest lookup
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,6 @@ class PriorGrid:
             level is ever skipped.
         cell_min, cell_max: ``(L', 4)`` float64 clamp of the signed cell bounds:
             first cell in ``[0, W]``, last cell in ``[-1, W-1]`` (same for rows).
-        prior_table: ``(R, 9)`` float32 per prior, :func:`prior_table`; one gather gives
-            EATSS everything it needs of a candidate prior.
     """
 
     start: Tensor
@@ -86,7 +85,6 @@ class PriorGrid:
     cell_min: Tensor
     cell_max: Tensor
     prior_wh: Tensor | None
-    prior_table: Tensor
 
 
 def _level_grid(centres: Tensor) -> tuple[float, float, float, int, int] | None:
@@ -138,7 +136,6 @@ def detect_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | 
         cell_min=torch.stack((zero, zero, 1 - width, 1 - height), -1),
         cell_max=torch.stack((width, height, zero + 1, zero + 1), -1),
         prior_wh=_level_sizes(priors, num_level_priors),
-        prior_table=prior_table(priors.float(), centres),
     )
     return PriorGrid(**{k: _to(v, priors.device) for k, v in vars(grid).items()})
 
@@ -185,18 +182,26 @@ def _level_sizes(priors: Tensor, num_level_priors: Sequence[int]) -> Tensor | No
     return torch.tensor(sizes, dtype=torch.float64)
 
 
-def prior_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | None:
-    """:func:`detect_grid`, cached per priors tensor (identity, version and levels)."""
+def prior_info(priors: Tensor, num_level_priors: Sequence[int]) -> tuple[PriorGrid | None, Tensor]:
+    """:func:`detect_grid` and :func:`prior_table` of ``priors``, cached per priors tensor
+    (identity, version and levels)."""
     key = (priors._version, list(num_level_priors))
     last = _LAST[0]
     if last is not None and last[0]() is priors and last[1] == key:
-        return last[2]  # the common case: the detector's cached priors, step after step
+        return last[2:]  # the common case: the detector's cached priors, step after step
     hit = _CACHE.get(priors)
     if hit is None or hit[0] != key:
-        hit = (key, detect_grid(priors, num_level_priors))
+        boxes = priors.float()
+        table = prior_table(boxes, box_centers(boxes))
+        hit = (key, detect_grid(priors, num_level_priors), table)
         _CACHE[priors] = hit
     _LAST[0] = (weakref.ref(priors), *hit)
-    return hit[1]
+    return hit[1:]
+
+
+def prior_grid(priors: Tensor, num_level_priors: Sequence[int]) -> PriorGrid | None:
+    """:func:`detect_grid`, cached (:func:`prior_info`)."""
+    return prior_info(priors, num_level_priors)[0]
 
 
 def iou_bound(grid: PriorGrid, boxes: Tensor) -> Tensor:
