@@ -24,6 +24,7 @@ from hcral.compare import (
     load_grid,
     render_markdown,
     run_compare,
+    seeds_to_separate,
     summarize,
     summarize_study,
     t_quantile,
@@ -161,6 +162,42 @@ def test_summarize_study_marks_and_markdown():
     assert "57.2 ± 0.2" in hcrac  # AP50 column
     assert hcrac.rstrip(" |").endswith("▲")
     assert "- `hcrac`: 37.0 / 37.2 / 37.4" in lines and "- `qfl`: 36.1 / 36.3" in lines
+    # Only the ≈ cell gets a seeds estimate; qfl's ΔAP is 0, so no number of seeds does.
+    heading = "Seeds per cell for intervals apart at the observed ΔAP and spread:"
+    tail = lines[lines.index(heading) :]
+    assert "- `qfl`: more than 1000 (or ΔAP = 0)" in tail
+    assert not any("`hcrac`" in line for line in tail)
+
+
+def test_seeds_to_separate_hand_values():
+    # std 1 each, ΔAP 1: n = 17 gives t16 · 2 / √17 = 2.1199 · 0.4851 = 1.028 (apart? no);
+    # n = 18 gives t17 · 2 / √18 = 2.1098 · 0.4714 = 0.995 < 1.
+    assert seeds_to_separate(1.0, 1.0, 1.0) == 18
+    assert seeds_to_separate(-1.0, 1.0, 1.0) == 18  # the sign does not matter
+    assert seeds_to_separate(3.0, 0.0, 0.0) == 2  # no spread: two seeds suffice
+    assert seeds_to_separate(0.0, 1.0, 1.0) is None
+    assert seeds_to_separate(math.nan, 1.0, 1.0) is None
+    assert seeds_to_separate(1.0, math.nan, 1.0) is None
+    assert seeds_to_separate(0.01, 2.0, 2.0) is None  # beyond max_seeds
+
+
+def test_seeds_to_separate_agrees_with_the_overlap_mark():
+    # Cells with exactly std 1 at n seeds: the estimate n separates them, n - 1 does not.
+    n = seeds_to_separate(1.0, 1.0, 1.0)
+
+    def cell(mean: float, k: int) -> Summary:
+        return summarize([mean + v for v in _unit_std(k)])
+
+    assert compare_mark(cell(1.0, n), cell(0.0, n)) == "▲"
+    assert compare_mark(cell(1.0, n - 1), cell(0.0, n - 1)) == "≈"
+
+
+def _unit_std(k: int) -> list[float]:
+    """k values of mean 0 and sample std exactly 1 (up to rounding)."""
+    raw = [float(i) for i in range(k)]
+    mean = sum(raw) / k
+    std = math.sqrt(sum((v - mean) ** 2 for v in raw) / (k - 1))
+    return [(v - mean) / std for v in raw]
 
 
 def test_summarize_study_missing_metric_or_reference():

@@ -36,6 +36,9 @@ marks each cell against the reference on AP: ``≈`` when the two intervals over
 ``▲`` / ``▼`` when the cell's interval lies wholly above / below. Overlapping
 intervals are a conservative test (two means can differ significantly while their
 intervals still overlap), which suits a small-scale ablation: a ``▲`` is a real gain.
+The ΔAP column adds the sharper Welch interval of the difference; under the table come
+the AP of every seed and, for the cells marked ``≈``, how many seeds per cell would set
+the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`).
 
 ``--jobs N`` trains up to N runs at once, each in its own process (spawned, so CUDA
 starts clean), with ``cpu_count // N`` threads and its output in
@@ -291,6 +294,27 @@ def difference_interval(
     return delta - half, delta + half
 
 
+def seeds_to_separate(
+    delta: float, std_a: float, std_b: float, confidence: float = 0.95, max_seeds: int = 1000
+) -> int | None:
+    """Seeds per cell from which two cells ``delta`` apart, with sample stds ``std_a`` and
+    ``std_b``, get non-overlapping t intervals: the least ``n ≥ 2`` with
+    ``t_{n-1} · (std_a + std_b) / √n < |delta|``.
+
+    A planning figure (it takes the observed means and spreads as the truth): how many
+    seeds an experiment needs before issue-style "intervals apart" can show a difference
+    of this size. None when ``delta`` is 0 or not finite, or more than ``max_seeds``
+    would be needed; 2 when both stds are 0.
+    """
+    spread = std_a + std_b
+    if not (math.isfinite(delta) and math.isfinite(spread)) or delta == 0:
+        return None
+    for n in range(2, max_seeds + 1):
+        if t_quantile(n - 1, confidence) * spread / math.sqrt(n) < abs(delta):
+            return n
+    return None
+
+
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Whether closed intervals ``a = (lo, hi)`` and ``b`` share at least one point."""
     return a[0] <= b[1] and b[0] <= a[1]
@@ -318,6 +342,7 @@ class CellSummary:
     mark: str = ""
     delta_ci: tuple[float, float] = (math.nan, math.nan)  # Welch, AP against the reference
     seeds_ap: list[float] = field(default_factory=list)  # AP of each seed, in seed order
+    seeds_needed: int | None = None  # seeds_to_separate at the observed ΔAP, when ≈
 
 
 @dataclass
@@ -359,7 +384,11 @@ def summarize_study(
     for row in rows:
         row.mark = "ref" if row is ref else compare_mark(row.metrics["AP"], ref.metrics["AP"])
         if row is not ref:
-            row.delta_ci = difference_interval(row.metrics["AP"], ref.metrics["AP"], confidence)
+            cell_ap, ref_ap = row.metrics["AP"], ref.metrics["AP"]
+            row.delta_ci = difference_interval(cell_ap, ref_ap, confidence)
+            if row.mark == "≈":
+                delta = cell_ap.mean - ref_ap.mean
+                row.seeds_needed = seeds_to_separate(delta, cell_ap.std, ref_ap.std, confidence)
     return StudyTable(study, reference, rows, confidence)
 
 
@@ -409,6 +438,12 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
     for row in table.rows:
         values = " / ".join(f"{v:.{digits}f}" for v in row.seeds_ap)
         lines.append(f"- `{row.name}`: {values}")
+    needed = [row for row in table.rows if row.mark == "≈"]
+    if needed:
+        lines += ["", "Seeds per cell for intervals apart at the observed ΔAP and spread:"]
+        for row in needed:
+            n = row.seeds_needed
+            lines.append(f"- `{row.name}`: " + (f"{n}" if n else "more than 1000 (or ΔAP = 0)"))
     return "\n".join(lines) + "\n"
 
 
@@ -632,6 +667,7 @@ def _table_dict(table: StudyTable) -> dict[str, Any]:
                 "mark": r.mark,
                 "delta_ap_ci": list(r.delta_ci),
                 "seeds_ap": r.seeds_ap,
+                "seeds_needed": r.seeds_needed,
                 "wall_time_s": r.wall_time_s,
                 "metrics": {m: vars(s) for m, s in r.metrics.items()},
             }
