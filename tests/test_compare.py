@@ -312,6 +312,7 @@ def test_unknown_config_key_in_cell_is_error(tmp_path, base_cfg):
 
 EXPECTED_CELLS = {
     "cls_losses.yaml": {"retinanet": 6, "atss": 6},  # the paper's five + HCRAC-focal
+    "cls_losses_short.yaml": {"atss_short": 6},
     "focal_base.yaml": {"focal_base": 6},
     "reg_losses.yaml": {"retinanet": 6, "atss": 6},
     "eatss_l.yaml": {"eatss_l": 4},
