@@ -559,6 +559,62 @@ class ChildTrain:
         }
 
 
+_SIGTERM_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from hcral.compare import _Task, load_grid, run_parallel
+
+class SleepTrain:
+    def __call__(self, cfg, resume=None):
+        Path(cfg.train.output_dir, "pid").write_text(str(os.getpid()))
+        time.sleep(300)
+
+if __name__ == "__main__":
+    (study,) = load_grid(sys.argv[1])
+    out = Path(sys.argv[2])
+    tasks = [_Task(study, c, 0, out / c.name) for c in study.cells]
+    run_parallel(tasks, jobs=2, train_fn=SleepTrain())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has stopped running
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_to_compare_jobs_stops_its_workers(tmp_path, base_cfg):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(_SIGTERM_SCRIPT)
+    out = tmp_path / "out"
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(_grid(tmp_path, base_cfg)), str(out)]
+    )
+    pid_files = [out / "mu=0" / "pid", out / "mu=5" / "pid"]
+    deadline = time.monotonic() + 120  # two spawned interpreters import torch
+    while not all(f.exists() and f.read_text() for f in pid_files):
+        assert parent.poll() is None and time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.2)
+    workers = [int(f.read_text()) for f in pid_files]
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) != 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in workers if _alive(pid)]
+    for pid in alive:  # do not leave them behind if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers outlived a SIGTERM to hcral compare --jobs"
+
+
 def test_run_compare_jobs_trains_in_worker_processes(tmp_path, base_cfg):
     grid, out = _grid(tmp_path, base_cfg), tmp_path / "out"
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed.*mu=0"):

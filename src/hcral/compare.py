@@ -49,13 +49,16 @@ runs share one well; the numbers do not depend on N.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -525,47 +528,78 @@ def _child_env(gpu: str | None, threads: int) -> dict[str, str]:
     return env | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """In the main thread, turn SIGTERM into KeyboardInterrupt while the block runs.
+
+    Python's default SIGTERM ends the process at once, without ``finally`` clauses: a
+    ``kill`` of ``hcral compare --jobs`` would leave its workers training as orphans.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_parallel(
     tasks: Sequence[_Task], jobs: int, gpus: Sequence[str] = (), train_fn: TrainFn | None = None
 ) -> None:
     """Train ``tasks`` in at most ``jobs`` spawned processes; raise naming failed runs.
 
     Each process sees ``gpus[slot % len(gpus)]`` alone when ``gpus`` is given. A stop
-    (Ctrl-C) terminates the workers, which write a checkpoint a rerun resumes from.
+    (Ctrl-C or SIGTERM) terminates the workers, which write a checkpoint a rerun resumes
+    from. (SIGKILL cannot be caught: it leaves the workers running.)
     """
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pending, running, failed, done = list(tasks), {}, [], 0
-    try:
-        while pending or running:
-            free = [s for s in range(jobs) if s not in {slot for _, slot in running.values()}]
-            while pending and free:
-                slot, task = free.pop(0), pending.pop(0)
-                env = _child_env(gpus[slot % len(gpus)] if gpus else None, threads)
-                saved = {k: os.environ.get(k) for k in env}
-                os.environ.update(env)  # a spawned child copies the environment at start
-                try:
-                    proc = ctx.Process(target=_train_in_child, args=(task, train_fn, threads))
-                    proc.start()
-                finally:
-                    for k, v in saved.items():
-                        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-                running[proc] = (task, slot)
-            time.sleep(0.2)
-            for proc in [p for p in running if not p.is_alive()]:
-                task, _ = running.pop(proc)
-                done += 1
-                if proc.exitcode != 0:
-                    failed.append(str(task.run_dir))
-                    print(f"run failed: {task.run_dir}/train.log", file=sys.stderr)
-                else:
-                    print(f"[{done}/{len(tasks)}] finished {task.run_dir}", flush=True)
-    finally:
-        for proc in running:
-            proc.terminate()
-            proc.join()
+    with _sigterm_interrupts():
+        try:
+            while pending or running:
+                free = [s for s in range(jobs) if s not in {slot for _, slot in running.values()}]
+                while pending and free:
+                    slot, task = free.pop(0), pending.pop(0)
+                    gpu = gpus[slot % len(gpus)] if gpus else None
+                    running[_start_worker(ctx, task, train_fn, gpu, threads)] = (task, slot)
+                time.sleep(0.2)
+                for proc in [p for p in running if not p.is_alive()]:
+                    task, _ = running.pop(proc)
+                    done += 1
+                    if proc.exitcode != 0:
+                        failed.append(str(task.run_dir))
+                        print(f"run failed: {task.run_dir}/train.log", file=sys.stderr)
+                    else:
+                        print(f"[{done}/{len(tasks)}] finished {task.run_dir}", flush=True)
+        finally:
+            for proc in running:
+                proc.terminate()
+                proc.join()
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed, see their train.log: {failed}")
+
+
+def _start_worker(
+    ctx: Any, task: _Task, train_fn: TrainFn | None, gpu: str | None, threads: int
+) -> Any:
+    """Start one spawned worker for ``task`` with its GPU and thread count."""
+    env = _child_env(gpu, threads)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # a spawned child copies the environment at start
+    try:
+        proc = ctx.Process(target=_train_in_child, args=(task, train_fn, threads))
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return proc
 
 
 def _default_train() -> TrainFn:
