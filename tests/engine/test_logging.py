@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hcral.engine.logging import CSVLogger, ProgressBar, TensorBoardWriter, read_csv
 
 
@@ -41,3 +43,21 @@ def test_disabled_writers_do_nothing(tmp_path):
     bar.update(1, loss=1.0)
     bar.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "160,2,0.005\niter,epoch,lr\n20,0,0.001\n",  # a row before the header (two writers)
+        "iter,epoch\nabc,0\n",  # an iteration that is no integer
+    ],
+)
+def test_resume_sets_an_unreadable_log_aside_instead_of_failing(tmp_path, text, caplog):
+    path = tmp_path / "log.csv"
+    path.write_text(text)
+    with caplog.at_level("WARNING", logger="hcral"):
+        logger = CSVLogger(path, resume_iter=100)
+    assert "does not read as a training log" in caplog.text and "log.csv" in caplog.text
+    assert (tmp_path / "log.csv.unreadable").read_text() == text  # nothing lost
+    logger.write({"iter": 120, "loss": 0.5})
+    assert read_csv(path) == [{"iter": 120.0, "loss": 0.5}]

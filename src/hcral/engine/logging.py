@@ -52,10 +52,7 @@ class CSVLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[dict[str, str]] = []
         if resume_iter is not None and self.path.is_file():
-            with self.path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                self.fields = list(reader.fieldnames or []) or None
-                kept = [row for row in reader if int(row["iter"]) <= resume_iter]
+            self.fields, kept = _rows_up_to(self.path, resume_iter)
         with self.path.open("w", newline="") as f:
             if self.fields:
                 writer = csv.DictWriter(f, self.fields)
@@ -72,6 +69,27 @@ class CSVLogger:
                 self.fields = list(values)
                 csv.DictWriter(f, self.fields).writeheader()
             csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(values)
+
+
+def _rows_up_to(path: Path, last_iter: int) -> tuple[list[str] | None, list[dict[str, str]]]:
+    """Columns and rows with ``iter ≤ last_iter`` of a CSV log a resumed run continues.
+
+    A log that does not read as one (no ``iter`` column, an ``iter`` that is no integer:
+    e.g. two processes wrote the same run) must not stop the resume: it is kept beside
+    as ``<name>.unreadable`` with a warning, and the log starts afresh.
+    """
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        try:
+            return fields or None, [r for r in reader if int(r["iter"]) <= last_iter]
+        except (KeyError, TypeError, ValueError) as err:
+            problem = f"{type(err).__name__}: {err}"
+    aside = path.with_name(path.name + ".unreadable")
+    path.replace(aside)
+    log.warning("%s does not read as a training log (%s); kept as %s, starting a new log",
+                path, problem, aside.name)  # fmt: skip
+    return None, []
 
 
 def read_csv(path: str | Path) -> list[dict[str, float]]:
