@@ -198,6 +198,19 @@ def _candidate_iou(pr: Tensor, gt: Tensor) -> Tensor:
     return inter / (pr[:, 8] + gt[:, 10] - inter).clamp_(min=EPS)
 
 
+def _step3_tests(pr: Tensor, gt: Tensor, owner: Tensor) -> tuple[Tensor, Tensor]:
+    """``(P,)`` squared centre distance and SPEC §4 step 3 (free, inside, within d_max) of
+    pairs with ``(P, 9)`` prior rows, ``(P, 11)`` GT rows and ``(P,)`` prior owners.
+
+    centre_distance_sq's and centre_inside's float operations: bit-identical to ATSS.
+    """
+    delta = pr[:, 6:8] - gt[:, 6:8]
+    delta.mul_(delta)
+    dist_sq = delta[:, 0] + delta[:, 1]
+    inside = (gt[:, :4] - pr[:, 4:8]).amin(1) > INSIDE_EPS  # margins (x-x1, y-y1, x2-x, y2-y)
+    return dist_sq, (owner < 0) & (dist_sq <= gt[:, 8]) & inside
+
+
 def _extra_candidates(
     inputs: AssignInputs,
     state: AtssState,
@@ -223,12 +236,8 @@ def _extra_candidates(
     # One gather per pair of each table fetches everything the tests and the rank need.
     gt = table.index_select(0, gid)  # (P, 11)
     pr = rows.index_select(0, prior)  # (P, 9)
-    # centre_distance_sq's and centre_inside's float operations: bit-identical to ATSS.
-    delta = pr[:, 6:8] - gt[:, 6:8]
-    delta.mul_(delta)
-    dist_sq = delta[:, 0] + delta[:, 1]
-    inside = (gt[:, :4] - pr[:, 4:8]).amin(1) > INSIDE_EPS  # margins (x-x1, y-y1, x2-x, y2-y)
-    keep: Tensor | None = (state.best_gt.index_select(0, flat) < 0) & (dist_sq <= gt[:, 8]) & inside
+    dist_sq, tests = _step3_tests(pr, gt, state.best_gt.index_select(0, flat))
+    keep: Tensor | None = tests
     if grid is None:
         # The dense test's pairs fill the fallback radius, not the GT: most are rejected,
         # so compact them before the IoU.
