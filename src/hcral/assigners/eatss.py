@@ -52,6 +52,7 @@ from hcral.assigners.atss import (
 )
 from hcral.assigners.grid import (
     PriorGrid,
+    clip_to_squares,
     prior_info,
     window_pairs,
 )
@@ -164,7 +165,7 @@ def _pairs(
     n, m, r = inputs.shape
     if grid is None:
         return state.pairs
-    bounds = torch.minimum(table[:, :4], table[:, 4:8] + table[:, 9:10])  # window_bounds
+    bounds = clip_to_squares(table[:, :4], table[:, 4:8], table[:, 9:10])  # window_bounds
     boxes = inputs.boxes.view(n * m, 4)
     return window_pairs(grid, bounds, m, r, boxes, rank_floor)
 

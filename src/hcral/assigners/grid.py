@@ -39,6 +39,7 @@ from hcral.boxes import box_centers
 __all__ = [
     "PriorGrid",
     "detect_grid",
+    "clip_to_squares",
     "iou_bound",
     "lower_negated",
     "prior_grid",
@@ -163,7 +164,13 @@ def prior_table(priors: Tensor, centres: Tensor) -> Tensor:
 def window_bounds(boxes: Tensor, centres: Tensor, radius: Tensor) -> Tensor:
     """``(B, 4)`` :func:`lower_negated` rectangles: ``(B, 4)`` xyxy boxes clipped to the
     squares of half-side ``(B,)`` radius around ``(B, 2)`` centres (window_pairs' input)."""
-    return torch.minimum(lower_negated(boxes), lower_negated(centres) + radius[:, None])
+    return clip_to_squares(lower_negated(boxes), lower_negated(centres), radius[:, None])
+
+
+def clip_to_squares(neg_boxes: Tensor, neg_centres: Tensor, half_side: Tensor) -> Tensor:
+    """:func:`window_bounds` on inputs already :func:`lower_negated`, ``(B, 4)`` each, and
+    ``(B, 1)`` half-sides."""
+    return torch.minimum(neg_boxes, neg_centres + half_side)
 
 
 def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
