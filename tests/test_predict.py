@@ -116,3 +116,22 @@ def test_draw_detections_colours_the_box_outline():
     assert out[:, 35, 45].sum() == 0  # outside the box and its caption
     empty = {k: v[:0] for k, v in det.items()}
     assert torch.equal(draw_detections(image, empty, ["a", "b"]), image)
+
+
+def test_checkpoint_ema_weights_are_used_unless_raw_is_asked(tmp_path, image, capsys):
+    from hcral import cli
+
+    cfg = _cfg(tmp_path)
+    model, plain, _ = _checkpoint(tmp_path, cfg)
+    raw = model.state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
+    state = {"format": 1, "model": raw, "ema": {"module": ema, "updates": 3}}
+    pt = save_checkpoint({**state, "config": cfg.to_dict()}, tmp_path / "ema" / "last.pt")
+    for weights, expected in [("auto", ema), ("ema", ema), ("raw", raw)]:
+        loaded = load_detector(pt, weights=weights)[0].state_dict()
+        for name, value in expected.items():
+            torch.testing.assert_close(loaded[name], value, msg=f"{weights}: {name}")
+    assert load_detector(plain)[0].state_dict().keys() == raw.keys()  # no EMA: trained ones
+    argv = ["predict", str(plain), str(image), "--out", str(tmp_path / "o"), "--weights", "ema"]
+    assert cli.main(argv) == 2
+    assert "holds no EMA weights" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.data.val_json, cfg.data.val_images, transforms=transforms, skip_bad=cfg.data.skip_bad
     )
     cfg.model.num_classes = len(dataset.class_names)
-    model, _, _ = load_detector(args.checkpoint, cfg)
+    model, _, _ = load_detector(args.checkpoint, cfg, args.weights)
     metrics = evaluate(model.to(info.device), dataset, cfg, info.device, args.output_json)
     _print_metrics(metrics)
     return 0
@@ -71,6 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         score_thresh=args.score_thresh,
         device=_pick_device(args.device),
         config=cfg,
+        weights=args.weights,
     )
     print(f"wrote {len(args.images)} image(s) and {out.name} to {out.parent}")
     return 0
@@ -123,6 +124,16 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_weights(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "ema", "raw"),
+        default="auto",
+        help="weights of a .pt checkpoint: auto = the EMA ones if the run kept them "
+        "(train.ema_decay > 0), ema, or raw = the trained ones (default: auto)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each sub-command stores its handler in ``func``."""
     # --debug is accepted before or after the sub-command; SUPPRESS keeps a sub-parser
@@ -166,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the detections in COCO results format",
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    _add_weights(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", parents=[common], help="draw detections on image files")
@@ -180,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="config YAML, for weights files that carry no config",
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    _add_weights(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("data", parents=[common], help="dataset utilities")

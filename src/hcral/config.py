@@ -81,6 +81,8 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     on_nonfinite: str = "stop"  # stop | skip
     eval_every: int = 0  # epochs; 0 = only at the end
+    ema_decay: float = 0.0  # > 0: also keep an EMA of the weights and evaluate it (0.9998)
+    ema_tau: float = 2000.0  # EMA ramp-up: decay_t = ema_decay * (1 - exp(-t / ema_tau))
 
 
 @dataclass

@@ -33,7 +33,9 @@ PALETTE = [
 ]  # fmt: skip
 
 
-def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None, list | None]:
+def _read_weights(
+    path: Path, which: str = "auto"
+) -> tuple[dict[str, Tensor], dict[str, Any] | None, list | None]:
     """State dict, stored config dict and class names of a checkpoint or export."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -46,10 +48,11 @@ def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None,
         config = json.loads(meta["config"]) if "config" in meta else None
         names = json.loads(meta["class_names"]) if "class_names" in meta else None
         return load_file(str(path)), config, names
-    from hcral.engine.checkpoint import load_checkpoint
+    from hcral.engine.checkpoint import inference_weights, load_checkpoint
 
     state = load_checkpoint(path)
-    return state["model"], state.get("config"), state.get("class_names")
+    weights = inference_weights(state, which, repr(str(path)))
+    return weights, state.get("config"), state.get("class_names")
 
 
 def class_names_from_json(ann_file: str | Path) -> list[str] | None:
@@ -62,13 +65,15 @@ def class_names_from_json(ann_file: str | Path) -> list[str] | None:
 
 
 def load_detector(
-    checkpoint: str | Path, cfg: Config | None = None
+    checkpoint: str | Path, cfg: Config | None = None, weights: str = "auto"
 ) -> tuple[nn.Module, Config, list[str]]:
     """Build the detector a checkpoint was trained as and load its weights (eval mode).
 
     Args:
         checkpoint: ``.pt`` training checkpoint or ``.safetensors`` export.
         cfg: overrides the config stored in the file (required if there is none).
+        weights: ``"auto"`` (EMA weights if the run kept them), ``"ema"`` or ``"raw"``
+            (the trained weights); see :func:`hcral.engine.checkpoint.inference_weights`.
 
     Returns:
         ``(model, cfg, class_names)``, the model on the CPU.
@@ -76,7 +81,7 @@ def load_detector(
     from hcral.models import build_model
 
     path = Path(checkpoint)
-    state, stored, names = _read_weights(path)
+    state, stored, names = _read_weights(path, weights)
     if cfg is None:
         if stored is None:
             raise ConfigError(f"{path}: carries no config; pass one (hcral predict --config)")
@@ -130,6 +135,7 @@ def predict(
     score_thresh: float = 0.3,
     device: str | torch.device = "cpu",
     config: Config | None = None,
+    weights: str = "auto",
 ) -> Path:
     """Detect objects in image files; draws them into PNGs and lists them in one JSON.
 
@@ -142,6 +148,7 @@ def predict(
         score_thresh: detections below this score are neither drawn nor listed.
         device: where the model runs.
         config: config to use instead of the one stored with the weights.
+        weights: which weights of a training checkpoint (:func:`load_detector`).
 
     Returns:
         The path of ``detections.json``: per image, its file, the drawn PNG and a list of
@@ -156,7 +163,7 @@ def predict(
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
     device = torch.device(device)
-    model, cfg, names = load_detector(checkpoint, config)
+    model, cfg, names = load_detector(checkpoint, config, weights)
     model.to(device)
     transform = build_transforms(False, cfg.data.min_size, cfg.data.max_size, flip_prob=0.0)
     batchify = partial(collate, size_divisibility=cfg.data.size_divisibility)

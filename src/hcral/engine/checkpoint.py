@@ -190,8 +190,37 @@ def export_weights(
     return path
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load a ``.safetensors`` export (or a training checkpoint's ``model``) into ``model``."""
+WEIGHT_CHOICES = ("auto", "ema", "raw")
+
+
+def inference_weights(
+    ckpt: dict[str, Any], which: str = "auto", where: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """The state dict of a training checkpoint to run inference with.
+
+    Args:
+        ckpt: a dict from :func:`load_checkpoint`.
+        which: ``"auto"``: the EMA weights if the run kept them (``train.ema_decay`` > 0),
+            else the trained ones; ``"ema"``: the EMA weights (an error if there are none);
+            ``"raw"``: the trained weights.
+        where: names the file in error messages.
+    """
+    if which not in WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, got {which!r}")
+    ema = ckpt.get("ema")  # absent in checkpoints written before EMA existed
+    if which == "ema" and ema is None:
+        raise CheckpointError(f"{where} holds no EMA weights (trained with train.ema_decay 0)")
+    return ema["module"] if ema is not None and which != "raw" else ckpt["model"]
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, strict: bool = True, which: str = "auto"
+) -> nn.Module:
+    """Load a ``.safetensors`` export or a training checkpoint's weights into ``model``.
+
+    ``which`` picks a checkpoint's EMA or trained weights (:func:`inference_weights`); an
+    export holds one set of weights.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -200,6 +229,6 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
             raise CheckpointError(f"weights file {str(path)!r} does not exist")
         state = load_file(path)
     else:
-        state = load_checkpoint(path)["model"]
+        state = inference_weights(load_checkpoint(path), which, repr(str(path)))
     model.load_state_dict(state, strict=strict)
     return model

@@ -43,10 +43,13 @@ from hcral.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from hcral.engine.ema import ModelEMA
 from hcral.engine.logging import CSVLogger, ProgressBar, TensorBoardWriter, log, setup_logging
 from hcral.engine.schedule import LRSchedule, scaled_lr
 
 EvaluateFn = Callable[..., dict[str, float]]
+# what a checkpoint saves besides the run state: bare model, optimiser, scaler, EMA or None
+TrainParts = tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, "ModelEMA | None"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -297,8 +300,11 @@ def train_one_epoch(
     reporter: Reporter,
     stop: StopFlag,
     max_iters: int,
+    ema: ModelEMA | None = None,
 ) -> str:
     """Train until the loader ends, ``max_iters`` is reached or a stop is requested.
+
+    ``ema``, if given, is updated after every step that updated the weights.
 
     Returns:
         ``"epoch_done"``, ``"max_iters"`` or ``"stopped"`` (signal).
@@ -325,6 +331,8 @@ def train_one_epoch(
             log.warning("skipping step: %s (%d skipped so far)", message, state.skipped_steps)
         else:
             state.last_losses = result.losses
+            if ema is not None:
+                ema.update(model)
         state.iteration += 1
         state.step_in_epoch += 1
         reporter.step(result, state, lr, tcfg.log_every)
@@ -342,6 +350,7 @@ def checkpoint_state(
     state: RunState,
     cfg: Config,
     lr: float,
+    ema: ModelEMA | None = None,
 ) -> dict[str, Any]:
     """Everything a resumed run needs, as weights_only-loadable values.
 
@@ -350,6 +359,7 @@ def checkpoint_state(
     return {
         "format": 1,
         "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,  # inference prefers it
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "epoch": state.epoch,
@@ -395,6 +405,20 @@ def restore_checkpoint(
     return state
 
 
+def _restore_ema(ema: ModelEMA | None, ckpt: dict[str, Any], path: Path) -> None:
+    saved = ckpt.get("ema")
+    if ema is None:
+        if saved is not None:
+            log.warning("%s holds EMA weights but train.ema_decay is 0: they are dropped", path)
+        return
+    if saved is None:
+        # e.g. EMA switched on for a resumed run: the average starts from the current weights
+        log.warning("%s holds no EMA weights: the EMA starts from the resumed weights", path)
+        ema.module.load_state_dict(ckpt["model"])
+        return
+    ema.load_state_dict(saved)
+
+
 def resolve_resume(resume: str | bool | None, output_dir: Path) -> Path | None:
     """``True`` -> ``output_dir/last.pt``; a string -> that file; ``None``/``False`` -> none."""
     if resume is None or resume is False:
@@ -416,6 +440,8 @@ def _check_train_config(t: TrainConfig) -> None:
         "max_iters": t.max_iters >= 0,
         "warmup_iters": t.warmup_iters >= 0,
         "on_nonfinite": t.on_nonfinite in ("stop", "skip"),
+        "ema_decay": 0.0 <= t.ema_decay < 1.0,
+        "ema_tau": t.ema_tau > 0,
     }
     for name, ok in checks.items():
         if not ok:
@@ -425,12 +451,13 @@ def _check_train_config(t: TrainConfig) -> None:
 def _save(
     out_dir: Path,
     name: str,
-    parts: tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler],
+    parts: TrainParts,
     state: RunState,
     cfg: Config,
     lr: float,
 ) -> None:
-    ckpt = checkpoint_state(*parts, state, cfg, lr)  # collective: all ranks
+    model, optimizer, scaler, ema = parts
+    ckpt = checkpoint_state(model, optimizer, scaler, state, cfg, lr, ema)  # collective
     if du.is_main_process():
         save_checkpoint(ckpt, out_dir / name)
         log.info("saved %s (iteration %d)", out_dir / name, state.iteration)
@@ -450,10 +477,10 @@ def _run_evaluation(
         from hcral.engine.evaluate import evaluate as evaluate_fn
     # Evaluation must not move the training RNGs (a data loader draws a seed, for one):
     # a run resumed from the checkpoint written before it would otherwise diverge.
-    rng = get_rng_state()
+    rng, was_training = get_rng_state(), model.training
     metrics = evaluate_fn(model, val_set, cfg, device, output_json=output_json)
     set_rng_state(rng)
-    model.train()
+    model.train(was_training)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -500,7 +527,7 @@ def _build_optimizer(model: nn.Module, tcfg: TrainConfig) -> torch.optim.SGD:
 
 def _end_epoch(
     out_dir: Path,
-    parts: tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler],
+    parts: TrainParts,
     state: RunState,
     cfg: Config,
     lr: float,
@@ -544,8 +571,9 @@ def train(
     Returns:
         The final metrics (``AP``, ``AP50`` ... in percent) plus ``final_loss`` and the
         other ``final_loss_*`` terms, ``iterations``, ``epochs_completed``,
-        ``skipped_steps``, ``wall_time_s`` and ``interrupted``. Also written to
-        ``output_dir/metrics.json`` (main process).
+        ``skipped_steps``, ``wall_time_s``, ``interrupted`` and ``evaluated_weights``
+        (``"ema"`` with ``train.ema_decay`` > 0: the metrics are the EMA weights', else
+        ``"raw"``). Also written to ``output_dir/metrics.json`` (main process).
     """
     owns_group = not du.is_initialized()
     info = du.init_distributed()
@@ -593,10 +621,12 @@ def _train(
     base_lr = scaled_lr(tcfg.lr, tcfg.batch_size * info.world_size, tcfg.base_batch_size)
     schedule = LRSchedule(base_lr, ipe, tcfg.warmup_iters, tcfg.warmup_ratio, tuple(tcfg.lr_steps))
 
+    ema = ModelEMA(bare, tcfg.ema_decay, tcfg.ema_tau) if tcfg.ema_decay > 0 else None
     state, ckpt_path = RunState(), resolve_resume(resume, out_dir)
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
         state = restore_checkpoint(ckpt, bare, optimizer, scaler, cfg)
+        _restore_ema(ema, ckpt, ckpt_path)
         if len(ckpt["rng"]) == info.world_size:
             set_rng_state(ckpt["rng"][info.rank])
         log.info("resumed from %s at iteration %d", ckpt_path, state.iteration)
@@ -607,7 +637,8 @@ def _train(
 
     total = tcfg.epochs * ipe if tcfg.max_iters == 0 else min(tcfg.max_iters, tcfg.epochs * ipe)
     reporter = Reporter(out_dir, total, state, ckpt_path is not None, main)
-    parts = (bare, optimizer, scaler)
+    parts: TrainParts = (bare, optimizer, scaler, ema)
+    evaluated = ema.module if ema is not None else bare
     reason, t0 = "epoch_done", time.perf_counter()
     try:
         while state.epoch < tcfg.epochs and state.iteration < total and reason == "epoch_done":
@@ -631,6 +662,7 @@ def _train(
                 reporter=reporter,
                 stop=stop,
                 max_iters=total,
+                ema=ema,
             )
             lr = schedule(max(state.iteration - 1, 0))
             if state.step_in_epoch >= ipe:
@@ -638,7 +670,9 @@ def _train(
                 every, k = tcfg.eval_every, state.epoch
                 # the final evaluation happens after the loop, whatever eval_every says
                 if reason == "epoch_done" and every and k % every == 0 and state.iteration < total:
-                    metrics = _run_evaluation(evaluate_fn, bare, val_set, cfg, info.device, None)
+                    metrics = _run_evaluation(
+                        evaluate_fn, evaluated, val_set, cfg, info.device, None
+                    )
                     if main and metrics:
                         _write_json(out_dir / "eval.jsonl", {"epoch": k, **metrics}, "a")
     finally:
@@ -654,12 +688,13 @@ def _train(
         skipped_steps=state.skipped_steps,
         wall_time_s=wall,
         interrupted=reason == "stopped",
+        evaluated_weights="ema" if ema is not None else "raw",
     )
     if reason == "stopped":
         log.warning("stopped by signal at iteration %d; resume with resume=True", state.iteration)
         return stats
     output_json = out_dir / "detections_val.json" if main else None
-    metrics = _run_evaluation(evaluate_fn, bare, val_set, cfg, info.device, output_json)
+    metrics = _run_evaluation(evaluate_fn, evaluated, val_set, cfg, info.device, output_json)
     result = {**metrics, **stats}
     if main:
         _write_json(out_dir / "metrics.json", result)
