@@ -9,6 +9,7 @@ import pytest
 
 from hcral.config import Config
 from hcral.data.sample import make_sample
+from hcral.engine.checkpoint import load_checkpoint
 from hcral.engine.logging import read_csv
 from hcral.engine.train import train
 
@@ -30,6 +31,7 @@ def _tiny_config(paths: dict[str, str], out: Path, epochs: int, lr: float) -> Co
 def test_short_training_run_lowers_the_loss(tmp_path):
     paths = make_sample(tmp_path / "data", num_train=8, num_val=4, image_size=128)
     cfg = _tiny_config(paths, tmp_path / "run", epochs=15, lr=0.01)
+    cfg.train.ema_decay, cfg.train.ema_tau = 0.9, 5.0  # the real detector's EMA path too
     result = train(cfg)
     losses = [row["loss"] for row in read_csv(tmp_path / "run/log.csv")]
     assert len(losses) == result["iterations"] == 30
@@ -38,6 +40,9 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(result)
     assert json.loads((tmp_path / "run/metrics.json").read_text())["iterations"] == 30
     assert (tmp_path / "run/last.pt").is_file() and (tmp_path / "run/epoch_15.pt").is_file()
+    ckpt = load_checkpoint(tmp_path / "run/last.pt")
+    assert result["evaluated_weights"] == "ema" and ckpt["ema"]["updates"] == 30
+    assert ckpt["ema"]["module"].keys() == ckpt["model"].keys()
 
 
 @pytest.mark.slow
