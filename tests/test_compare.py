@@ -271,6 +271,29 @@ def test_cell_config_merges_dict_fields_and_sets_seed(tmp_path, base_cfg):
     assert cfg.train.seed == 12 and cfg.train.output_dir == str(tmp_path / "run")
 
 
+def test_cells_keep_the_base_config_read_when_the_grid_was_loaded(tmp_path, base_cfg):
+    grid = _write(
+        tmp_path / "g.yaml",
+        {"base": "base.yaml", "studies": {"s": {"axes": {"train.epochs": [2]}}}},
+    )
+    (study,) = load_grid(grid)
+    _write(base_cfg, {"model": {"name": "retinanet"}, "train": {"seed": 99, "no_such": 1}})
+    cfg = cell_config(study, study.cells[0], seed=0, output_dir=tmp_path / "run")
+    assert cfg.model.name == "atss" and cfg.train.seed == 10 and cfg.train.epochs == 2
+    assert load_grid(grid)[0].base_raw["model"] == {"name": "retinanet"}  # a reload sees it
+
+
+def test_missing_or_malformed_base_fails_when_the_grid_loads(tmp_path, base_cfg):
+    studies = {"s": {"axes": {"train.epochs": [2]}}}
+    grid = _write(tmp_path / "g.yaml", {"base": "nope.yaml", "studies": studies})
+    with pytest.raises(ValueError, match="nope.yaml"):
+        load_grid(grid)
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    grid = _write(tmp_path / "g.yaml", {"base": "list.yaml", "studies": studies})
+    with pytest.raises(ValueError, match="list.yaml"):
+        load_grid(grid)
+
+
 @pytest.mark.parametrize(
     ("studies", "match"),
     [

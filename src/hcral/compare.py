@@ -23,7 +23,10 @@ Relative ``base`` paths resolve against the grid file's folder. An override key 
 ``section.key`` (replaces the value) or ``section.key.sub`` (sets one entry of a dict
 field such as ``model.cls_loss_args``, keeping the base config's other entries). Later
 overrides win: grid ``set`` < study ``set`` < cell ``set`` / axis value. Product cells
-are named ``key=value`` joined by ``,`` with the last part of each key.
+are named ``key=value`` joined by ``,`` with the last part of each key. Base configs
+are read once, when the grid loads: editing one while a grid runs does not change the
+cells still to come (the code they run is another matter: run long grids from a
+checkout you leave alone, e.g. a ``git worktree``).
 
 Every (cell, seed) trains in ``DIR/<study>/<cell>/seed_<k>`` with ``train.seed`` =
 base seed + k, and leaves ``metrics.json`` there. A rerun skips runs whose
@@ -102,6 +105,9 @@ class Study:
     base: Path
     cells: list[Cell]
     reference: str
+    # The base config as read when the grid was loaded: a grid that runs for hours is not
+    # changed half-way by an edit to the base file (later cells would silently differ).
+    base_raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -162,7 +168,16 @@ def _parse_study(name: str, spec: Any, grid: dict[str, Any], root: Path, where: 
     base = spec.get("base", grid.get("base"))
     if not isinstance(base, str):
         raise ValueError(f"{where}: no 'base' config path (set it on the grid or the study)")
-    return Study(name, (root / base).resolve(), cells, reference)
+    path = (root / base).resolve()
+    return Study(name, path, cells, reference, _read_base(path, name))
+
+
+def _read_base(path: Path, study: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"study {study!r}: base config {str(path)!r}: {e}") from e
+    return _mapping(raw, f"study {study!r}: base config {str(path)!r}")
 
 
 def load_grid(path: str | Path) -> list[Study]:
@@ -203,11 +218,11 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def cell_config(study: Study, cell: Cell, seed: int, output_dir: Path) -> Config:
-    """The full config of one (cell, seed) run, validated by :mod:`hcral.config`."""
-    try:
-        raw = yaml.safe_load(study.base.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"study {study.name!r}: base config {str(study.base)!r}: {e}") from e
+    """The full config of one (cell, seed) run, validated by :mod:`hcral.config`.
+
+    Starts from ``study.base_raw``, the base config as it was when the grid was loaded.
+    """
+    raw = copy.deepcopy(study.base_raw)
     for key, value in cell.overrides.items():
         apply_override(raw, key, value)
     base_seed = (raw.get("train") or {}).get("seed", 0)
