@@ -465,6 +465,24 @@ def test_run_compare_skips_finished_and_resumes_interrupted(tmp_path, base_cfg):
     assert third.calls == []
 
 
+def test_report_only_tabulates_finished_runs_and_trains_nothing(tmp_path, base_cfg):
+    grid, out = _grid(tmp_path, base_cfg), tmp_path / "out"
+    crashing = FakeTrain(crash_on=("mu=0", 11))  # finished: mu=0 and mu=5 seed 0
+    with pytest.raises(RuntimeError, match="killed"):
+        run_compare(grid, seeds=3, out_dir=out, train_fn=crashing, plots=False)
+    idle = FakeTrain()
+    text = run_compare(grid, 3, out, train_fn=idle, plots=False, report_only=True).read_text()
+    assert idle.calls == [] and "finished runs only" in text
+    assert "| `mu=5` | 1 | 35.0 (n=1)" in text  # one finished seed, no interval
+    # the reference only: its cell appears and the other is listed as not run
+    (out / "mu" / "mu=5" / "seed_0" / "metrics.json").unlink()
+    text = run_compare(grid, 3, out, train_fn=idle, plots=False, report_only=True).read_text()
+    assert "Not run yet: `mu=5`" in text and "| `mu=0` | 1 |" in text
+    (out / "mu" / "mu=0" / "seed_0" / "metrics.json").unlink()
+    text = run_compare(grid, 3, out, train_fn=idle, plots=False, report_only=True).read_text()
+    assert "No finished run of the reference yet" in text and idle.calls == []
+
+
 def test_run_compare_stopped_run_is_resumed_not_counted(tmp_path, base_cfg):
     grid, out = _grid(tmp_path, base_cfg), tmp_path / "out"
 

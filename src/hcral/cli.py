@@ -99,7 +99,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
     report = run_compare(
-        args.grid, args.seeds, args.out, jobs=args.jobs, gpus=gpus, first_seed=args.first_seed
+        args.grid,
+        args.seeds,
+        args.out,
+        jobs=args.jobs,
+        gpus=gpus,
+        first_seed=args.first_seed,
+        report_only=args.report_only,
     )
     print(f"comparison report: {report}")
     return 0
@@ -217,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (1)")
     p.add_argument("--gpus", default="", help="e.g. 0,1: GPUs the parallel runs use in turn")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the tables from the runs finished so far",
+    )
     p.set_defaults(func=cmd_compare)
     return parser
 

@@ -638,6 +638,7 @@ def run_compare(
     jobs: int = 1,
     gpus: Sequence[str] = (),
     first_seed: int = 0,
+    report_only: bool = False,
 ) -> Path:
     """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
 
@@ -654,6 +655,9 @@ def run_compare(
         first_seed: index of the first seed, ≥ 0: runs seeds ``first_seed`` to
             ``first_seed + seeds - 1`` (e.g. seeds 4-7 on a second machine while
             another ran 0-3; a later ``--seeds 8`` over the merged folder reuses both).
+        report_only: train nothing; tables from the runs finished so far (a study's
+            cells without any are listed as not run; a study whose reference has none
+            is left out), e.g. to look at a grid while it still runs.
     Returns:
         Path of ``out_dir/results.md`` holding every study's table (each study's table
         is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
@@ -676,23 +680,25 @@ def run_compare(
         for cell in study.cells
     ]
     todo = [t for t in tasks if not (t.run_dir / "metrics.json").is_file()]
-    if jobs > 1:
+    if jobs > 1 and not report_only:
         run_parallel(todo, jobs, gpus, train_fn)
     train_fn = train_fn or _default_train()
-    for t in todo if jobs == 1 else ():
+    for t in todo if jobs == 1 and not report_only else ():
         run_cell_seed(t.study, t.cell, t.seed, t.run_dir, train_fn)
     label = f"{seeds} seed(s) per cell" + (f", seeds {ks[0]}-{ks[-1]}" if first_seed else "")
+    label += ", finished runs only" if report_only else ""
     parts = [f"# Results of `{Path(grid_path).name}` ({label})\n"]
     for study in studies:
-        runs = {
-            cell.name: [
-                run_cell_seed(study, cell, k, out / study.name / cell.name / f"seed_{k}", train_fn)
-                for k in ks
-            ]
-            for cell in study.cells
-        }
+        runs = _study_runs(study, out, ks, train_fn, finished_only=report_only)
+        missing = [name for name, done in runs.items() if not done]
+        if study.reference in missing:
+            parts.append(f"### {study.name}\n\nNo finished run of the reference yet.\n")
+            continue
+        runs = {name: done for name, done in runs.items() if done}
         table = summarize_study(study.name, study.reference, runs)
         text = render_markdown(table, _digits(table))
+        if missing:
+            text += "\nNot run yet: " + ", ".join(f"`{name}`" for name in missing) + "\n"
         (out / study.name / "table.md").write_text(text)
         _write_json(out / study.name / "summary.json", _table_dict(table))
         if plots:
@@ -703,6 +709,20 @@ def run_compare(
     result = out / "results.md"
     result.write_text("\n".join(parts))
     return result
+
+
+def _study_runs(
+    study: Study, out: Path, ks: range, train_fn: TrainFn, finished_only: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Cell name -> metrics of its seeds ``ks`` (trained first where missing), in order;
+    with ``finished_only``, only the seeds whose ``metrics.json`` exists."""
+    runs = {}
+    for cell in study.cells:
+        dirs = {k: out / study.name / cell.name / f"seed_{k}" for k in ks}
+        if finished_only:
+            dirs = {k: d for k, d in dirs.items() if (d / "metrics.json").is_file()}
+        runs[cell.name] = [run_cell_seed(study, cell, k, d, train_fn) for k, d in dirs.items()]
+    return runs
 
 
 def _table_dict(table: StudyTable) -> dict[str, Any]:
