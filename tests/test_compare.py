@@ -529,6 +529,34 @@ def test_run_compare_first_seed_adds_seeds_a_later_run_reuses(tmp_path, base_cfg
     assert "| 2 |" in text
 
 
+def test_missing_data_fails_before_any_run_starts(tmp_path, base_cfg, monkeypatch):
+    """The default trainer needs the dataset: a grid whose data is missing trains
+    nothing and names every missing path (not N failed runs, one per job)."""
+    monkeypatch.chdir(tmp_path)  # data/sample/... resolves here, where there is none
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError) as err:
+        run_compare(_grid(tmp_path, base_cfg), seeds=2, out_dir=out, jobs=2, plots=False)
+    text = str(err.value)
+    for key in ("train_json", "train_images", "val_json", "val_images"):
+        assert f"data.{key}: data/sample" in text
+    assert "mu/mu=0" in text and "make-sample" in text
+    assert not out.exists()
+
+
+def test_check_data_passes_when_files_exist(tmp_path, base_cfg, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for d in ("data/sample/train", "data/sample/val", "data/sample/annotations"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("train.json", "val.json"):
+        (tmp_path / "data/sample/annotations" / f).write_text("{}")
+    study = compare.load_grid(_grid(tmp_path, base_cfg))[0]
+    tasks = [compare._Task(study, c, 0, tmp_path / "out" / c.name) for c in study.cells]
+    compare.check_data(tasks)  # no error
+    (tmp_path / "data/sample/annotations/val.json").unlink()
+    with pytest.raises(FileNotFoundError, match="data.val_json"):
+        compare.check_data(tasks)
+
+
 def test_checkpoint_name_matches_engine():
     checkpoint = pytest.importorskip("hcral.engine.checkpoint")
     assert compare.CHECKPOINT_NAME == checkpoint.LAST

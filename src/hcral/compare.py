@@ -33,7 +33,9 @@ base seed + k, and leaves ``metrics.json`` there. A rerun skips runs whose
 ``metrics.json`` exists and resumes (``train(cfg, resume=True)``) runs that have a
 ``last.pt`` checkpoint, so an interrupted grid continues where it stopped. Runs go seed
 by seed across all cells; ``--first-seed K`` runs seeds K to K + n - 1 (more seeds
-later, or on a second machine). ``DIR/<study>/table.md``
+later, or on a second machine). Before any training, every run still to do has its
+dataset files checked (:func:`check_data`), so a missing dataset fails once, naming the
+paths. ``DIR/<study>/table.md``
 then gives AP / AP50 / AP75 as mean ± std (ddof=1) with a Student-t 95% interval, and
 marks each cell against the reference on AP: ``≈`` when the two intervals overlap,
 ``▲`` / ``▼`` when the cell's interval lies wholly above / below. Overlapping
@@ -680,6 +682,8 @@ def run_compare(
         for cell in study.cells
     ]
     todo = [t for t in tasks if not (t.run_dir / "metrics.json").is_file()]
+    if train_fn is None and not report_only:
+        check_data(todo)
     if jobs > 1 and not report_only:
         run_parallel(todo, jobs, gpus, train_fn)
     train_fn = train_fn or _default_train()
@@ -709,6 +713,26 @@ def run_compare(
     result = out / "results.md"
     result.write_text("\n".join(parts))
     return result
+
+
+def check_data(tasks: Sequence[_Task]) -> None:
+    """Fail before any training when a run's dataset files are missing.
+
+    Without this, ``--jobs N`` would start every run of the grid only to see each one
+    fail on the same missing annotation file. Relative paths resolve against the
+    current directory, as in training.
+    """
+    missing: dict[str, str] = {}
+    for t in tasks:
+        d = cell_config(t.study, t.cell, t.seed, t.run_dir).data
+        for key in ("train_json", "train_images", "val_json", "val_images"):
+            path = getattr(d, key)
+            if not Path(path).exists():
+                missing.setdefault(f"data.{key}: {path}", f"{t.study.name}/{t.cell.name}")
+    if missing:
+        lines = "\n".join(f"  {what} (first needed by {cell})" for what, cell in missing.items())
+        hint = "the sample data is made by `hcral data make-sample data/sample`"
+        raise FileNotFoundError(f"dataset files not found, nothing trained:\n{lines}\n({hint})")
 
 
 def _study_runs(
