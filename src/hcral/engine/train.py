@@ -602,94 +602,38 @@ def _train(
     _check_train_config(tcfg)
     out_dir, main = Path(tcfg.output_dir), info.rank == 0
     seed_everything(tcfg.seed + info.rank)
-    if train_set is None:
-        train_set, built_val = build_datasets(cfg)
-        val_set = val_set if val_set is not None else built_val
-    if cfg.model.num_classes == 0:
-        n = int(train_set.num_classes)  # type: ignore[attr-defined]
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=n))
-    if model is None:
-        from hcral.models import build_model
-
-        model = build_model(cfg.model)
+    cfg, model, train_set, val_set = _build_parts(cfg, model, train_set, val_set)
     bare = _sync_batchnorm(model, info).to(info.device)
     if info.world_size > 1:
         model = _wrap_ddp(bare, info.device)
     optimizer = _build_optimizer(bare, tcfg)
     scaler = torch.amp.GradScaler("cuda", enabled=tcfg.amp and info.device.type == "cuda")
-    ipe = iters_per_epoch(len(train_set), tcfg.batch_size, info.world_size)
-    base_lr = scaled_lr(tcfg.lr, tcfg.batch_size * info.world_size, tcfg.base_batch_size)
-    schedule = LRSchedule(base_lr, ipe, tcfg.warmup_iters, tcfg.warmup_ratio, tuple(tcfg.lr_steps))
-
     ema = ModelEMA(bare, tcfg.ema_decay, tcfg.ema_tau) if tcfg.ema_decay > 0 else None
-    state, ckpt_path = RunState(), resolve_resume(resume, out_dir)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        state = restore_checkpoint(ckpt, bare, optimizer, scaler, cfg)
-        _restore_ema(ema, ckpt, ckpt_path)
-        if len(ckpt["rng"]) == info.world_size:
-            set_rng_state(ckpt["rng"][info.rank])
-        log.info("resumed from %s at iteration %d", ckpt_path, state.iteration)
+    parts: TrainParts = (bare, optimizer, scaler, ema)
+    state, resumed = _resume(parts, cfg, resume, info)
     state.class_names = [str(n) for n in getattr(train_set, "class_names", None) or []]
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
+    ipe = iters_per_epoch(len(train_set), tcfg.batch_size, info.world_size)
+    base_lr = scaled_lr(tcfg.lr, tcfg.batch_size * info.world_size, tcfg.base_batch_size)
+    schedule = LRSchedule(base_lr, ipe, tcfg.warmup_iters, tcfg.warmup_ratio, tuple(tcfg.lr_steps))
     total = tcfg.epochs * ipe if tcfg.max_iters == 0 else min(tcfg.max_iters, tcfg.epochs * ipe)
-    reporter = Reporter(out_dir, total, state, ckpt_path is not None, main)
-    parts: TrainParts = (bare, optimizer, scaler, ema)
+    reporter = Reporter(out_dir, total, state, resumed, main)
     evaluated = ema.module if ema is not None else bare
-    reason, t0 = "epoch_done", time.perf_counter()
+    loop = _Loop(cfg, info, parts, state, schedule, ipe, total, reporter, stop)
+    t0 = time.perf_counter()
     try:
-        while state.epoch < tcfg.epochs and state.iteration < total and reason == "epoch_done":
-            loader = make_train_loader(
-                train_set,
-                cfg,
-                rank=info.rank,
-                world_size=info.world_size,
-                epoch=state.epoch,
-                skip_batches=state.step_in_epoch,
-            )
-            reason = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                scaler,
-                schedule,
-                state,
-                tcfg=tcfg,
-                device=info.device,
-                reporter=reporter,
-                stop=stop,
-                max_iters=total,
-                ema=ema,
-            )
-            lr = schedule(max(state.iteration - 1, 0))
-            if state.step_in_epoch >= ipe:
-                _end_epoch(out_dir, parts, state, cfg, lr)
-                every, k = tcfg.eval_every, state.epoch
-                # the final evaluation happens after the loop, whatever eval_every says
-                if reason == "epoch_done" and every and k % every == 0 and state.iteration < total:
-                    metrics = _run_evaluation(
-                        evaluate_fn, evaluated, val_set, cfg, info.device, None
-                    )
-                    if main and metrics:
-                        _write_json(out_dir / "eval.jsonl", {"epoch": k, **metrics}, "a")
+        reason = loop.run(
+            model,
+            train_set,
+            lambda: _run_evaluation(evaluate_fn, evaluated, val_set, cfg, info.device, None),
+        )
     finally:
         reporter.close()
-    wall = time.perf_counter() - t0
-
-    lr = schedule(max(state.iteration - 1, 0))
-    _save(out_dir, LAST, parts, state, cfg, lr)
-    stats: dict[str, Any] = {f"final_{k}": v for k, v in state.last_losses.items()}
-    stats.update(
-        iterations=state.iteration,
-        epochs_completed=state.epoch,
-        skipped_steps=state.skipped_steps,
-        wall_time_s=wall,
-        interrupted=reason == "stopped",
-        evaluated_weights="ema" if ema is not None else "raw",
-    )
+    stats = _run_stats(state, time.perf_counter() - t0, reason, ema)
+    _save(out_dir, LAST, parts, state, cfg, schedule(max(state.iteration - 1, 0)))
     if reason == "stopped":
         log.warning("stopped by signal at iteration %d; resume with resume=True", state.iteration)
         return stats
@@ -700,3 +644,110 @@ def _train(
         _write_json(out_dir / "metrics.json", result)
     du.barrier()
     return result
+
+
+def _build_parts(
+    cfg: Config, model: nn.Module | None, train_set: Dataset | None, val_set: Dataset | None
+) -> tuple[Config, nn.Module, Dataset, Dataset | None]:
+    """Datasets from ``cfg.data`` and the model from ``cfg.model`` where not given;
+    ``model.num_classes: 0`` takes the training set's class count."""
+    if train_set is None:
+        train_set, built_val = build_datasets(cfg)
+        val_set = val_set if val_set is not None else built_val
+    if cfg.model.num_classes == 0:
+        n = int(train_set.num_classes)  # type: ignore[attr-defined]
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=n))
+    if model is None:
+        from hcral.models import build_model
+
+        model = build_model(cfg.model)
+    return cfg, model, train_set, val_set
+
+
+def _resume(
+    parts: TrainParts, cfg: Config, resume: str | bool | None, info: du.DistInfo
+) -> tuple[RunState, bool]:
+    """The run state restored from the checkpoint ``resume`` names (weights, optimizer,
+    scaler, EMA and this rank's RNG loaded in place), or a fresh one; and whether it
+    resumed."""
+    ckpt_path = resolve_resume(resume, Path(cfg.train.output_dir))
+    if ckpt_path is None:
+        return RunState(), False
+    bare, optimizer, scaler, ema = parts
+    ckpt = load_checkpoint(ckpt_path)
+    state = restore_checkpoint(ckpt, bare, optimizer, scaler, cfg)
+    _restore_ema(ema, ckpt, ckpt_path)
+    if len(ckpt["rng"]) == info.world_size:
+        set_rng_state(ckpt["rng"][info.rank])
+    log.info("resumed from %s at iteration %d", ckpt_path, state.iteration)
+    return state, True
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The epochs of one run: train, end each epoch (checkpoint), evaluate every
+    ``train.eval_every`` epochs. The final evaluation is the caller's."""
+
+    cfg: Config
+    info: du.DistInfo
+    parts: TrainParts
+    state: RunState
+    schedule: LRSchedule
+    ipe: int  # iterations per epoch
+    total: int  # iterations of the whole run
+    reporter: Reporter
+    stop: StopFlag
+
+    def run(
+        self, model: nn.Module, train_set: Dataset, evaluate: Callable[[], dict[str, Any]]
+    ) -> str:
+        """Returns why it ended: ``"epoch_done"``, ``"max_iters"`` or ``"stopped"``."""
+        tcfg, state, (_, optimizer, scaler, ema) = self.cfg.train, self.state, self.parts
+        out_dir, reason = Path(tcfg.output_dir), "epoch_done"
+        while state.epoch < tcfg.epochs and state.iteration < self.total and reason == "epoch_done":
+            loader = make_train_loader(
+                train_set,
+                self.cfg,
+                rank=self.info.rank,
+                world_size=self.info.world_size,
+                epoch=state.epoch,
+                skip_batches=state.step_in_epoch,
+            )
+            reason = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                scaler,
+                self.schedule,
+                state,
+                tcfg=tcfg,
+                device=self.info.device,
+                reporter=self.reporter,
+                stop=self.stop,
+                max_iters=self.total,
+                ema=ema,
+            )
+            if state.step_in_epoch < self.ipe:
+                continue  # stopped or max_iters inside the epoch: the loop test ends it
+            _end_epoch(out_dir, self.parts, state, self.cfg, self.schedule(state.iteration - 1))
+            every, k = tcfg.eval_every, state.epoch
+            # the final evaluation happens after the loop, whatever eval_every says
+            if reason == "epoch_done" and every and k % every == 0 and state.iteration < self.total:
+                metrics = evaluate()
+                if self.info.rank == 0 and metrics:
+                    _write_json(out_dir / "eval.jsonl", {"epoch": k, **metrics}, "a")
+        return reason
+
+
+def _run_stats(state: RunState, wall: float, reason: str, ema: ModelEMA | None) -> dict[str, Any]:
+    """The run's own numbers that go into metrics.json beside the COCO metrics."""
+    stats: dict[str, Any] = {f"final_{k}": v for k, v in state.last_losses.items()}
+    stats.update(
+        iterations=state.iteration,
+        epochs_completed=state.epoch,
+        skipped_steps=state.skipped_steps,
+        wall_time_s=wall,  # of the training loop, this call only when resumed
+        interrupted=reason == "stopped",
+        evaluated_weights="ema" if ema is not None else "raw",
+    )
+    return stats
