@@ -6,7 +6,9 @@ Two comparisons, each on one fixed synthetic batch, median over repeats:
    ``retinanet_resnet50_fpn`` (no weights, same backbone, same input size, all BN
    trainable and no stage frozen on both sides) — target ratio ≤ 1.2;
 2. the full method (EATSS + HCRAC + HCRAR) vs focal + GIoU + ATSS on our FCOS+ATSS
-   with the auxiliary modules — target ratio ≤ 1.1 (the loss must not cost much).
+   with the auxiliary modules — target ratio ≤ 1.1 (the loss must not cost much);
+3. focal + GIoU + ATSS with a weight EMA updated after every step (``train.ema_decay``)
+   vs without — target ratio ≤ 1.05.
 
 On CUDA every model is also timed with AMP (autocast fp16 + GradScaler) and reported
 as images/s. Results go to stdout as a markdown table (docs/bench_train_step.md)::
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from hcral.config import ModelConfig
+from hcral.engine.ema import ModelEMA
 from hcral.models import build_model
 
 Step = Callable[[], None]
@@ -72,8 +75,8 @@ def torchvision_retinanet(num_classes: int, size: int) -> nn.Module:
     )
 
 
-def make_step(model: nn.Module, batch: Batch, is_ours: bool, amp: bool) -> Step:
-    """A closure running one SGD step of ``model`` on ``batch``."""
+def make_step(model: nn.Module, batch: Batch, is_ours: bool, amp: bool, ema: bool) -> Step:
+    """A closure running one SGD step of ``model`` on ``batch`` (then an EMA update)."""
     device = batch.images.device
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
@@ -82,6 +85,7 @@ def make_step(model: nn.Module, batch: Batch, is_ours: bool, amp: bool) -> Step:
     inputs = (
         (batch.images, sizes, batch.targets) if is_ours else (list(batch.images), batch.targets)
     )
+    average = ModelEMA(model, decay=0.9998, tau=2000.0) if ema else None
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -90,6 +94,8 @@ def make_step(model: nn.Module, batch: Batch, is_ours: bool, amp: bool) -> Step:
         scaler.scale(sum(losses.values())).backward()
         scaler.step(opt)
         scaler.update()
+        if average is not None:
+            average.update(model)
 
     return step
 
@@ -118,32 +124,37 @@ def time_round_robin(steps: dict[str, Step], repeats: int, warmup: int, device) 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def candidates(args: argparse.Namespace) -> dict[str, tuple[Callable[[], nn.Module], bool]]:
-    """name -> (model factory, is ours); built lazily so one model lives at a time."""
+def candidates(
+    args: argparse.Namespace,
+) -> dict[str, tuple[Callable[[], nn.Module], bool, bool]]:
+    """name -> (model factory, is ours, with EMA); built lazily, one model at a time."""
     c, b = args.num_classes, args.backbone
     aux = {"star_dcn": True, "bbox_refine": True}
     hcral = {"assigner": "eatss", "cls_loss": "hcrac", "reg_loss": "hcrar"}
     hcral["reg_loss_args"] = {"focusing": False, "loss_weight": 1.5}
+
+    def baseline() -> nn.Module:
+        return ours("fcos_atss", b, c, assigner="atss", cls_loss="focal", reg_loss="giou", **aux)
+
     return {
-        "torchvision RetinaNet": (lambda: torchvision_retinanet(c, args.size), False),
+        "torchvision RetinaNet": (lambda: torchvision_retinanet(c, args.size), False, False),
         "RetinaNet focal+L1": (
             lambda: ours("retinanet", b, c, assigner="max_iou", cls_loss="focal", reg_loss="l1"),
             True,
+            False,
         ),
         "RetinaNet focal+GIoU": (
             lambda: ours("retinanet", b, c, assigner="max_iou", cls_loss="focal", reg_loss="giou"),
             True,
+            False,
         ),
-        "FCOS+ATSS focal+GIoU+ATSS": (
-            lambda: ours(
-                "fcos_atss", b, c, assigner="atss", cls_loss="focal", reg_loss="giou", **aux
-            ),
-            True,
-        ),
+        "FCOS+ATSS focal+GIoU+ATSS": (baseline, True, False),
         "FCOS+ATSS HCRAL (EATSS+HCRAC+HCRAR)": (
             lambda: ours("fcos_atss", b, c, **hcral, **aux),
             True,
+            False,
         ),
+        "FCOS+ATSS focal+GIoU+ATSS +EMA": (baseline, True, True),
     }
 
 
@@ -155,9 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {name: {} for name in candidates(args)}
     for amp in modes:
         steps = {}
-        for name, (factory, is_ours) in candidates(args).items():
+        for name, (factory, is_ours, ema) in candidates(args).items():
             torch.manual_seed(0)
-            steps[name] = make_step(factory(), batch, is_ours, amp)
+            steps[name] = make_step(factory(), batch, is_ours, amp, ema)
         medians = time_round_robin(steps, args.repeats, args.warmup, device)
         for name, seconds in medians.items():
             results[name]["amp" if amp else "fp32"] = seconds
@@ -179,6 +190,7 @@ def report(results: dict[str, dict[str, float]], batch: int) -> str:
         ("RetinaNet focal+L1", "torchvision RetinaNet", 1.2),
         ("RetinaNet focal+GIoU", "torchvision RetinaNet", 1.2),
         ("FCOS+ATSS HCRAL (EATSS+HCRAC+HCRAR)", "FCOS+ATSS focal+GIoU+ATSS", 1.1),
+        ("FCOS+ATSS focal+GIoU+ATSS +EMA", "FCOS+ATSS focal+GIoU+ATSS", 1.05),
     ]
     for mine, ref, target in pairs:
         for m in modes:
