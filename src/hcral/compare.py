@@ -692,24 +692,7 @@ def run_compare(
     label = f"{seeds} seed(s) per cell" + (f", seeds {ks[0]}-{ks[-1]}" if first_seed else "")
     label += ", finished runs only" if report_only else ""
     parts = [f"# Results of `{Path(grid_path).name}` ({label})\n"]
-    for study in studies:
-        runs = _study_runs(study, out, ks, train_fn, finished_only=report_only)
-        missing = [name for name, done in runs.items() if not done]
-        if study.reference in missing:
-            parts.append(f"### {study.name}\n\nNo finished run of the reference yet.\n")
-            continue
-        runs = {name: done for name, done in runs.items() if done}
-        table = summarize_study(study.name, study.reference, runs)
-        text = render_markdown(table, _digits(table))
-        if missing:
-            text += "\nNot run yet: " + ", ".join(f"`{name}`" for name in missing) + "\n"
-        (out / study.name / "table.md").write_text(text)
-        _write_json(out / study.name / "summary.json", _table_dict(table))
-        if plots:
-            from hcral.viz import plot_ap_bars
-
-            plot_ap_bars(table, out / study.name / "ap_bars.png")
-        parts.append(text)
+    parts += [_study_report(s, out, ks, train_fn, report_only, plots) for s in studies]
     result = out / "results.md"
     result.write_text("\n".join(parts))
     return result
@@ -733,6 +716,29 @@ def check_data(tasks: Sequence[_Task]) -> None:
         lines = "\n".join(f"  {what} (first needed by {cell})" for what, cell in missing.items())
         hint = "the sample data is made by `hcral data make-sample data/sample`"
         raise FileNotFoundError(f"dataset files not found, nothing trained:\n{lines}\n({hint})")
+
+
+def _study_report(
+    study: Study, out: Path, ks: range, train_fn: TrainFn, report_only: bool, plots: bool
+) -> str:
+    """One study's Markdown table (also written to ``<study>/table.md``, its numbers to
+    ``summary.json`` and, with ``plots``, its AP bars to ``ap_bars.png``)."""
+    runs = _study_runs(study, out, ks, train_fn, finished_only=report_only)
+    missing = [name for name, done in runs.items() if not done]
+    if study.reference in missing:
+        return f"### {study.name}\n\nNo finished run of the reference yet.\n"
+    runs = {name: done for name, done in runs.items() if done}
+    table = summarize_study(study.name, study.reference, runs)
+    text = render_markdown(table, _digits(table))
+    if missing:
+        text += "\nNot run yet: " + ", ".join(f"`{name}`" for name in missing) + "\n"
+    (out / study.name / "table.md").write_text(text)
+    _write_json(out / study.name / "summary.json", _table_dict(table))
+    if plots:
+        from hcral.viz import plot_ap_bars
+
+        plot_ap_bars(table, out / study.name / "ap_bars.png")
+    return text
 
 
 def _study_runs(
