@@ -169,6 +169,52 @@ def test_summarize_study_marks_and_markdown():
     assert not any("`hcrac`" in line for line in tail)
 
 
+def test_paired_difference_interval_hand_values():
+    # d = [1, 1, 0]: mean 2/3, sd √(1/3), se 1/3, t2 = 4.3027 -> 0.6667 ± 1.4342
+    cell, ref = {0: 2.0, 1: 3.0, 2: 4.0, 5: 9.0}, {0: 1.0, 1: 2.0, 2: 4.0}
+    mean, lo, hi, n = compare.paired_difference_interval(cell, ref)
+    assert n == 3  # seed 5 has no partner
+    assert (mean, lo, hi) == pytest.approx((2 / 3, 2 / 3 - 1.434218, 2 / 3 + 1.434218), abs=1e-5)
+    mean, lo, hi, n = compare.paired_difference_interval({0: 2.0}, ref)
+    assert (mean, n) == (1.0, 1) and math.isnan(lo) and math.isnan(hi)
+    mean, lo, hi, n = compare.paired_difference_interval({7: 2.0}, ref)
+    assert n == 0 and math.isnan(mean)
+
+
+def _seeded(values: dict[str, list[float]], seeds: list[int]) -> dict[str, list[dict]]:
+    runs = _runs(values)
+    for rows in runs.values():
+        for r, k in zip(rows, seeds, strict=True):
+            r["seed"] = k
+    return runs
+
+
+def test_paired_column_is_sharper_when_seeds_move_all_cells_alike():
+    # Seed 2 is lucky for both cells: Welch's interval spans 0, the paired one does not.
+    # d = [0.6, 0.4, 0.6]: mean 0.5333, sd 0.11547, se 0.066667, half 4.3027 · se = 0.28684
+    runs = _seeded({"GIoU": [5.9, 6.6, 8.8], "HCRAR": [6.5, 7.0, 9.4]}, [10, 11, 12])
+    runs["HCRAR"].reverse()  # pairs by seed, not by list order
+    table = summarize_study("reg", "GIoU", runs)
+    row = next(r for r in table.rows if r.name == "HCRAR")
+    assert row.delta_ci[0] < 0 < row.delta_ci[1]
+    assert row.paired_n == 3 and row.paired_delta == pytest.approx(0.53333, abs=1e-4)
+    assert row.paired_ci == pytest.approx((0.53333 - 0.28684, 0.53333 + 0.28684), abs=1e-4)
+    text = render_markdown(table)
+    assert "paired ΔAP [95% CI]" in text
+    hcrar = next(line for line in text.splitlines() if "`HCRAR`" in line)
+    assert "+0.5 [+0.2, +0.8] (n=3)" in hcrar
+    assert compare._table_dict(table)["rows"][1]["paired_n"] == 3
+
+
+def test_paired_column_needs_seed_ids():
+    table = summarize_study("cls", "a", _runs({"a": [1.0, 2.0], "b": [1.5, 2.5]}))
+    assert all(r.paired_n == 0 for r in table.rows)
+    line = next(x for x in render_markdown(table).splitlines() if "`b`" in x)
+    assert "| – |" in line
+    dup = _seeded({"a": [1.0, 2.0], "b": [1.5, 2.5]}, [3, 3])  # same seed twice: no pairing
+    assert summarize_study("cls", "a", dup).rows[1].paired_n == 0
+
+
 def test_seeds_to_separate_hand_values():
     # std 1 each, ΔAP 1: n = 17 gives t16 · 2 / √17 = 2.1199 · 0.4851 = 1.028 (apart? no);
     # n = 18 gives t17 · 2 / √18 = 2.1098 · 0.4714 = 0.995 < 1.

@@ -41,7 +41,10 @@ marks each cell against the reference on AP: ``≈`` when the two intervals over
 ``▲`` / ``▼`` when the cell's interval lies wholly above / below. Overlapping
 intervals are a conservative test (two means can differ significantly while their
 intervals still overlap), which suits a small-scale ablation: a ``▲`` is a real gain.
-The ΔAP column adds the sharper Welch interval of the difference; under the table come
+The ΔAP column adds the sharper Welch interval of the difference, and the paired ΔAP
+column the t interval of the per-seed differences over the seeds both cells ran (seed k
+of every cell starts from the same weights and image order, so seeds often move all
+cells alike; :func:`paired_difference_interval`); under the table come
 the AP of every seed and, for the cells marked ``≈``, how many seeds per cell would set
 the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`).
 
@@ -314,6 +317,28 @@ def difference_interval(
     return delta - half, delta + half
 
 
+def paired_difference_interval(
+    cell: Mapping[int, float], reference: Mapping[int, float], confidence: float = 0.95
+) -> tuple[float, float, float, int]:
+    """Paired t interval of ``cell - reference`` over the seeds both have.
+
+    Seed k of every cell starts from the same initial weights and sees the images in
+    the same order, so a seed that is lucky for one cell tends to be lucky for all;
+    the per-seed differences then vary less than either cell, and this interval is
+    sharper than :func:`difference_interval`'s. Returns ``(mean, lo, hi, n)`` with
+    ``n`` the number of common seeds; ``lo``/``hi`` are NaN when ``n < 2``.
+
+    Args:
+        cell, reference: seed → metric value.
+    """
+    common = sorted(set(cell) & set(reference))
+    d = [cell[k] - reference[k] for k in common]
+    if not d:
+        return math.nan, math.nan, math.nan, 0
+    s = summarize(d, confidence)
+    return s.mean, s.lo, s.hi, s.n
+
+
 def seeds_to_separate(
     delta: float, std_a: float, std_b: float, confidence: float = 0.95, max_seeds: int = 1000
 ) -> int | None:
@@ -363,6 +388,11 @@ class CellSummary:
     delta_ci: tuple[float, float] = (math.nan, math.nan)  # Welch, AP against the reference
     seeds_ap: list[float] = field(default_factory=list)  # AP of each seed, in seed order
     seeds_needed: int | None = None  # seeds_to_separate at the observed ΔAP, when ≈
+    # paired_difference_interval on AP against the reference: (lo, hi) and common seeds
+    paired_delta: float = math.nan
+    paired_ci: tuple[float, float] = (math.nan, math.nan)
+    paired_n: int = 0
+    seed_ids: list[int | None] = field(default_factory=list)  # train.seed of each run
 
 
 @dataclass
@@ -399,17 +429,30 @@ def summarize_study(
             summaries[m] = summarize([float(r[m]) for r in seeds], confidence)
         wall = math.fsum(float(r.get("wall_time_s", math.nan)) for r in seeds) / len(seeds)
         ap = [float(r["AP"]) for r in seeds] if "AP" in metrics else []
-        rows.append(CellSummary(name, summaries, wall, seeds_ap=ap))
+        ids = [r.get("seed") for r in seeds]
+        rows.append(CellSummary(name, summaries, wall, seeds_ap=ap, seed_ids=ids))
     ref = next(r for r in rows if r.name == reference)
     for row in rows:
         row.mark = "ref" if row is ref else compare_mark(row.metrics["AP"], ref.metrics["AP"])
         if row is not ref:
             cell_ap, ref_ap = row.metrics["AP"], ref.metrics["AP"]
             row.delta_ci = difference_interval(cell_ap, ref_ap, confidence)
+            row.paired_delta, lo, hi, row.paired_n = paired_difference_interval(
+                _by_seed(row), _by_seed(ref), confidence
+            )
+            row.paired_ci = (lo, hi)
             if row.mark == "≈":
                 delta = cell_ap.mean - ref_ap.mean
                 row.seeds_needed = seeds_to_separate(delta, cell_ap.std, ref_ap.std, confidence)
     return StudyTable(study, reference, rows, confidence)
+
+
+def _by_seed(row: CellSummary) -> dict[int, float]:
+    """Seed → AP of a row's runs; empty unless every run records its seed once."""
+    ids = row.seed_ids
+    if not ids or any(k is None for k in ids) or len(set(ids)) != len(ids):
+        return {}
+    return {int(k): ap for k, ap in zip(ids, row.seeds_ap, strict=True)}
 
 
 def format_summary(s: Summary, digits: int = 1) -> str:
@@ -425,20 +468,32 @@ def _format_wall(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+def _format_paired(row: CellSummary, digits: int) -> str:
+    """``"+0.6 [-0.3, +1.5] (n=3)"``; ``"–"`` without two common seeds (or for the reference)."""
+    lo, hi = row.paired_ci
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "–"
+    d = row.paired_delta
+    return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] (n={row.paired_n})"
+
+
 def render_markdown(table: StudyTable, digits: int = 1) -> str:
     """One Markdown table: cell, n, metrics (mean ± std [CI]), ΔAP, wall time, mark."""
     metrics = list(table.rows[0].metrics) if table.rows else list(TABLE_METRICS)
     ref = next(r for r in table.rows if r.name == table.reference)
     pct = round(table.confidence * 100)
     head = ["cell", "n", *(f"{m} (mean ± std [{pct}% CI])" for m in metrics)]
-    head += [f"ΔAP [{pct}% CI]", "wall / run", "vs ref"]
+    head += [f"ΔAP [{pct}% CI]", f"paired ΔAP [{pct}% CI]", "wall / run", "vs ref"]
     lines = [
         f"### {table.study}",
         "",
         f"Reference: `{table.reference}`. Mark on AP: ≈ {pct}% intervals overlap, "
         "▲/▼ interval wholly above/below the reference, – fewer than 2 seeds. "
         f"ΔAP [{pct}% CI]: Welch interval of the difference of means; one that excludes "
-        "0 is a significant difference even where the mark says ≈.",
+        "0 is a significant difference even where the mark says ≈. Paired ΔAP: the "
+        "same over the seeds both cells ran, from the per-seed differences (seed k of "
+        "every cell shares initial weights and image order), sharper when seeds move "
+        "all cells alike.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + [":---:"]) + "|",
@@ -451,7 +506,7 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
         diff = f"{delta:+.{digits}f}"
         if math.isfinite(lo) and math.isfinite(hi):
             diff += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-        cells += [diff, _format_wall(row.wall_time_s), row.mark]
+        cells += [diff, _format_paired(row, digits), _format_wall(row.wall_time_s), row.mark]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("AP per seed:")
@@ -765,6 +820,9 @@ def _table_dict(table: StudyTable) -> dict[str, Any]:
                 "cell": r.name,
                 "mark": r.mark,
                 "delta_ap_ci": list(r.delta_ci),
+                "paired_delta_ap": r.paired_delta,
+                "paired_delta_ap_ci": list(r.paired_ci),
+                "paired_n": r.paired_n,
                 "seeds_ap": r.seeds_ap,
                 "seeds_needed": r.seeds_needed,
                 "wall_time_s": r.wall_time_s,
