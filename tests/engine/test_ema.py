@@ -94,6 +94,16 @@ def test_without_ema_the_trained_weights_are_evaluated(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["ema"] is None
 
 
+def test_ema_does_not_change_the_trained_weights(tmp_path):
+    """The average only watches: with or without it, the same seed trains the same
+    weights (so `--weights raw` of an EMA run is the run without EMA)."""
+    _run(tmp_path / "ema")
+    _run(tmp_path / "plain", ema_decay=0.0)
+    ema, plain = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("ema", "plain"))
+    for name, value in plain.items():
+        torch.testing.assert_close(ema[name], value, atol=0, rtol=0, msg=name)
+
+
 def test_resume_restores_the_average_bit_for_bit(tmp_path):
     _run(tmp_path / "full")
     _run(tmp_path / "cut", max_iters=4)
