@@ -392,7 +392,6 @@ class CellSummary:
     paired_delta: float = math.nan
     paired_ci: tuple[float, float] = (math.nan, math.nan)
     paired_n: int = 0
-    seed_ids: list[int | None] = field(default_factory=list)  # train.seed of each run
 
 
 @dataclass
@@ -429,8 +428,7 @@ def summarize_study(
             summaries[m] = summarize([float(r[m]) for r in seeds], confidence)
         wall = math.fsum(float(r.get("wall_time_s", math.nan)) for r in seeds) / len(seeds)
         ap = [float(r["AP"]) for r in seeds] if "AP" in metrics else []
-        ids = [r.get("seed") for r in seeds]
-        rows.append(CellSummary(name, summaries, wall, seeds_ap=ap, seed_ids=ids))
+        rows.append(CellSummary(name, summaries, wall, seeds_ap=ap))
     ref = next(r for r in rows if r.name == reference)
     for row in rows:
         row.mark = "ref" if row is ref else compare_mark(row.metrics["AP"], ref.metrics["AP"])
@@ -438,7 +436,7 @@ def summarize_study(
             cell_ap, ref_ap = row.metrics["AP"], ref.metrics["AP"]
             row.delta_ci = difference_interval(cell_ap, ref_ap, confidence)
             row.paired_delta, lo, hi, row.paired_n = paired_difference_interval(
-                _by_seed(row), _by_seed(ref), confidence
+                _ap_by_seed(runs[row.name]), _ap_by_seed(runs[reference]), confidence
             )
             row.paired_ci = (lo, hi)
             if row.mark == "≈":
@@ -447,12 +445,12 @@ def summarize_study(
     return StudyTable(study, reference, rows, confidence)
 
 
-def _by_seed(row: CellSummary) -> dict[int, float]:
-    """Seed → AP of a row's runs; empty unless every run records its seed once."""
-    ids = row.seed_ids
-    if not ids or any(k is None for k in ids) or len(set(ids)) != len(ids):
+def _ap_by_seed(seeds: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    """Seed → AP of a cell's runs; empty unless every run records its seed, once."""
+    ids = [r.get("seed") for r in seeds]
+    if any(k is None for k in ids) or len(set(ids)) != len(ids):
         return {}
-    return {int(k): ap for k, ap in zip(ids, row.seeds_ap, strict=True)}
+    return {int(k): float(r["AP"]) for k, r in zip(ids, seeds, strict=True)}
 
 
 def format_summary(s: Summary, digits: int = 1) -> str:
