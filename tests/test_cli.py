@@ -86,9 +86,11 @@ def test_train_forwards_config_overrides_and_resume(tmp_path, monkeypatch, capsy
 def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     got = {}
 
-    def run_compare(grid_path, seeds, out_dir, jobs=1, gpus=(), first_seed=0, report_only=False):
+    def run_compare(
+        grid_path, seeds, out_dir, jobs=1, gpus=(), first_seed=0, report_only=False, only=()
+    ):
         got.update(grid=grid_path, seeds=seeds, out=out_dir, jobs=jobs, gpus=gpus, first=first_seed)
-        got.update(report_only=report_only)
+        got.update(report_only=report_only, only=only)
         return Path(out_dir) / "report.md"
 
     monkeypatch.setitem(
@@ -96,13 +98,15 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     )
     assert cli.main(["compare", "g.yaml", "--seeds", "2", "--out", str(tmp_path)]) == 0
     want = {"grid": Path("g.yaml"), "seeds": 2, "out": tmp_path, "jobs": 1, "gpus": [], "first": 0}
-    want["report_only"] = False
+    want.update(report_only=False, only=[])
     assert got == want
     args = ["compare", "g.yaml", "--out", str(tmp_path), "--jobs", "4", "--gpus", "0,1"]
     assert cli.main(args + ["--first-seed", "4"]) == 0
     assert got["jobs"] == 4 and got["gpus"] == ["0", "1"] and got["seeds"] == 3
     assert got["first"] == 4 and not got["report_only"]
     assert cli.main(["compare", "g.yaml", "--report-only"]) == 0 and got["report_only"]
+    assert cli.main(["compare", "g.yaml", "--study", "a", "--study", "b"]) == 0
+    assert got["only"] == ["a", "b"]
 
 
 def test_make_sample_writes_a_small_dataset(tmp_path, capsys):

@@ -386,6 +386,14 @@ EXPECTED_CELLS = {
     "reg_losses.yaml": {"retinanet": 6, "atss": 6},
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
+    "hyper_params_short.yaml": {
+        "hcrac_bins": 3,
+        "hcrac_mu": 4,
+        "hcrac_theta": 5,
+        "hcrar_alpha": 4,
+        "hcrar_ep": 3,
+        "hcrar_gamma": 4,
+    },  # fmt: skip
 }
 
 
@@ -744,3 +752,91 @@ def test_run_compare_jobs_trains_in_worker_processes(tmp_path, base_cfg):
     assert "30.0" in (out / "results.md").read_text()
     with pytest.raises(ValueError, match="jobs"):
         run_compare(grid, 1, out, train_fn=ChildTrain(), jobs=0)
+
+
+# --------------------------------------------------------------------------- identical runs
+
+
+def _two_studies_sharing_a_cell(tmp_path: Path, base_cfg: Path) -> Path:
+    # Both studies hold the base config as their reference (mu=5 is the base value),
+    # as every one-parameter study of hyper_params.yaml does.
+    studies = {
+        "mu": {"axes": {"model.cls_loss_args.mu": [5, 0]}},
+        "theta": {"axes": {"model.cls_loss_args.theta": [0.7, 0.9]}},
+    }
+    return _write(tmp_path / "grid.yaml", {"base": base_cfg.name, "studies": studies})
+
+
+def test_identical_runs_train_once_and_are_copied(tmp_path, base_cfg):
+    grid, out = _two_studies_sharing_a_cell(tmp_path, base_cfg), tmp_path / "out"
+    fake = FakeTrain()
+    text = run_compare(grid, seeds=2, out_dir=out, train_fn=fake, plots=False).read_text()
+    # theta=0.7 is the same config as mu=5 (seed by seed): 3 distinct cells x 2 seeds
+    assert sorted(fake.calls) == [
+        ("mu=0", 10, None), ("mu=0", 11, None), ("mu=5", 10, None), ("mu=5", 11, None),
+        ("theta=0.9", 10, None), ("theta=0.9", 11, None),
+    ]  # fmt: skip
+    for k in (0, 1):
+        copied = json.loads((out / "theta/theta=0.7" / f"seed_{k}/metrics.json").read_text())
+        source = json.loads((out / "mu/mu=5" / f"seed_{k}/metrics.json").read_text())
+        assert copied["reused_from"] == str(out / "mu" / "mu=5" / f"seed_{k}")
+        assert (copied["study"], copied["cell"]) == ("theta", "theta=0.7")
+        assert copied["overrides"] == {"model.cls_loss_args.theta": 0.7}
+        assert copied["AP"] == source["AP"] and copied["seed"] == source["seed"]
+    assert "| `theta=0.7` | 2 | 35.0 ± 0.1" in text  # the table reads the copy
+    again = FakeTrain()
+    run_compare(grid, seeds=2, out_dir=out, train_fn=again, plots=False)
+    assert again.calls == []
+
+
+def test_split_duplicates_keys_on_everything_but_the_folder(tmp_path, base_cfg):
+    grid = _two_studies_sharing_a_cell(tmp_path, base_cfg)
+    mu, theta = load_grid(grid)
+    tasks = [
+        compare._Task(s, c, k, tmp_path / s.name / c.name / str(k))
+        for k in (0, 1)
+        for s in (mu, theta)
+        for c in s.cells
+    ]
+    primaries, copies = compare.split_duplicates(tasks)
+    assert [(t.cell.name, t.seed) for t in primaries] == [
+        ("mu=5", 0), ("mu=0", 0), ("theta=0.9", 0), ("mu=5", 1), ("mu=0", 1), ("theta=0.9", 1),
+    ]  # fmt: skip
+    assert [(c.cell.name, c.seed, s.cell.name, s.seed) for c, s in copies] == [
+        ("theta=0.7", 0, "mu=5", 0), ("theta=0.7", 1, "mu=5", 1),
+    ]  # fmt: skip
+
+
+def test_a_copy_waits_for_its_source(tmp_path, base_cfg):
+    grid, out = _two_studies_sharing_a_cell(tmp_path, base_cfg), tmp_path / "out"
+    crashing = FakeTrain(crash_on=("mu=5", 10))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_compare(grid, seeds=1, out_dir=out, train_fn=crashing, plots=False)
+    assert not (out / "theta" / "theta=0.7" / "seed_0" / "metrics.json").exists()
+    again = FakeTrain()
+    run_compare(grid, seeds=1, out_dir=out, train_fn=again, plots=False)
+    assert again.calls == [("mu=5", 10, True), ("mu=0", 10, None), ("theta=0.9", 10, None)]
+    assert (out / "theta" / "theta=0.7" / "seed_0" / "metrics.json").is_file()
+
+
+def test_only_runs_the_named_studies(tmp_path, base_cfg):
+    grid, out = _two_studies_sharing_a_cell(tmp_path, base_cfg), tmp_path / "out"
+    fake = FakeTrain()
+    text = run_compare(grid, 1, out, train_fn=fake, plots=False, only=["theta"]).read_text()
+    assert fake.calls == [("theta=0.7", 10, None), ("theta=0.9", 10, None)]
+    assert "### theta" in text and "### mu" not in text and not (out / "mu").exists()
+    with pytest.raises(ValueError, match=r"no study \['nope'\].*\['mu', 'theta'\]"):
+        run_compare(grid, 1, out, train_fn=fake, plots=False, only=["nope"])
+
+
+def test_hyper_params_grids_train_their_shared_reference_once(tmp_path):
+    # The six one-parameter studies share their default-value reference: 23 cells,
+    # 18 distinct configs.
+    for name in ("hyper_params.yaml", "hyper_params_short.yaml"):
+        studies = load_grid(ABLATIONS / name)
+        tasks = [
+            compare._Task(s, c, 0, tmp_path / s.name / c.name) for s in studies for c in s.cells
+        ]
+        primaries, copies = compare.split_duplicates(tasks)
+        assert (len(tasks), len(primaries)) == (23, 18)
+        assert {source.cell.name for _, source in copies} == {"bins=20"}

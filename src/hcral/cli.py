@@ -106,6 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         gpus=gpus,
         first_seed=args.first_seed,
         report_only=args.report_only,
+        only=args.study,
     )
     print(f"comparison report: {report}")
     return 0
@@ -223,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (1)")
     p.add_argument("--gpus", default="", help="e.g. 0,1: GPUs the parallel runs use in turn")
+    p.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run and report only this study of the grid (repeatable; default: all)",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",

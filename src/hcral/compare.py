@@ -48,6 +48,10 @@ cells alike; :func:`paired_difference_interval`); under the table come
 the AP of every seed and, for the cells marked ``≈``, how many seeds per cell would set
 the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`).
 
+Runs whose resolved configs are identical (apart from the folder) train once: the
+others get a copy of its ``metrics.json`` marked ``reused_from``
+(:func:`split_duplicates`). ``--study NAME`` runs and reports only the named studies.
+
 ``--jobs N`` trains up to N runs at once, each in its own process (spawned, so CUDA
 starts clean), with ``cpu_count // N`` threads and its output in
 ``seed_<k>/train.log``; ``--gpus 0,1`` hands the runs to those GPUs in turn
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -694,6 +699,7 @@ def run_compare(
     gpus: Sequence[str] = (),
     first_seed: int = 0,
     report_only: bool = False,
+    only: Sequence[str] = (),
 ) -> Path:
     """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
 
@@ -713,6 +719,7 @@ def run_compare(
         report_only: train nothing; tables from the runs finished so far (a study's
             cells without any are listed as not run; a study whose reference has none
             is left out), e.g. to look at a grid while it still runs.
+        only: names of the studies to run and report (default: all of them).
     Returns:
         Path of ``out_dir/results.md`` holding every study's table (each study's table
         is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
@@ -723,7 +730,7 @@ def run_compare(
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     if not isinstance(first_seed, int) or first_seed < 0:
         raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
-    studies = load_grid(grid_path)
+    studies = select_studies(load_grid(grid_path), only)
     out = Path(out_dir)
     ks = range(first_seed, first_seed + seeds)
     # Seed-major order: a grid stopped half-way has whole seeds of every cell, which
@@ -734,7 +741,8 @@ def run_compare(
         for study in studies
         for cell in study.cells
     ]
-    todo = [t for t in tasks if not (t.run_dir / "metrics.json").is_file()]
+    primaries, copies = split_duplicates(tasks)
+    todo = [t for t in primaries if not (t.run_dir / "metrics.json").is_file()]
     if train_fn is None and not report_only:
         check_data(todo)
     if jobs > 1 and not report_only:
@@ -742,6 +750,8 @@ def run_compare(
     train_fn = train_fn or _default_train()
     for t in todo if jobs == 1 and not report_only else ():
         run_cell_seed(t.study, t.cell, t.seed, t.run_dir, train_fn)
+    for copy_task, source in copies:
+        reuse_run(source, copy_task)
     label = f"{seeds} seed(s) per cell" + (f", seeds {ks[0]}-{ks[-1]}" if first_seed else "")
     label += ", finished runs only" if report_only else ""
     parts = [f"# Results of `{Path(grid_path).name}` ({label})\n"]
@@ -749,6 +759,73 @@ def run_compare(
     result = out / "results.md"
     result.write_text("\n".join(parts))
     return result
+
+
+def select_studies(studies: list[Study], only: Sequence[str]) -> list[Study]:
+    """The studies named in ``only``, in grid order (all of them when ``only`` is empty)."""
+    names = [s.name for s in studies]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"no study {unknown} in the grid; its studies are {names}")
+    return [s for s in studies if not only or s.name in only]
+
+
+def _run_key(task: _Task) -> str:
+    """The resolved config of a run, minus its output folder, as canonical JSON."""
+    cfg = cell_config(task.study, task.cell, task.seed, Path("."))
+    return json.dumps(_numbers_as_float(dataclasses.asdict(cfg)), sort_keys=True, default=str)
+
+
+def _numbers_as_float(value: Any) -> Any:
+    # A grid's `mu: 5` and a base config's `mu: 5.0` configure the same run.
+    if isinstance(value, dict):
+        return {k: _numbers_as_float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers_as_float(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def split_duplicates(tasks: Sequence[_Task]) -> tuple[list[_Task], list[tuple[_Task, _Task]]]:
+    """Split runs into those to train and ``(copy, source)`` pairs of identical runs.
+
+    Two runs are identical when their resolved configs agree in everything but the
+    output folder, e.g. the default-value reference that every one-parameter study of
+    ``hyper_params.yaml`` holds: it trains once per seed, and the other studies get a
+    copy of its metrics (:func:`reuse_run`). The first run of each config, in ``tasks``
+    order, is the one trained.
+    """
+    first: dict[str, _Task] = {}
+    primaries, copies = [], []
+    for task in tasks:
+        source = first.setdefault(_run_key(task), task)
+        if source is task:
+            primaries.append(task)
+        else:
+            copies.append((task, source))
+    return primaries, copies
+
+
+def reuse_run(source: _Task, task: _Task) -> None:
+    """Give ``task`` the finished metrics of the identical run ``source``.
+
+    Writes ``task``'s ``metrics.json`` with its own study, cell and overrides, and
+    ``reused_from`` = the source's run folder. Does nothing when ``task`` already has
+    metrics or ``source`` has not finished.
+    """
+    target, origin = task.run_dir / "metrics.json", source.run_dir / "metrics.json"
+    if target.is_file() or not origin.is_file():
+        return
+    metrics = json.loads(origin.read_text())
+    metrics.update(
+        study=task.study.name,
+        cell=task.cell.name,
+        overrides=task.cell.overrides,
+        reused_from=str(source.run_dir),
+    )
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(target, metrics)
 
 
 def check_data(tasks: Sequence[_Task]) -> None:
