@@ -1,0 +1,380 @@
+"""Train a grid's runs (resumably, optionally in parallel) and write its reports."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hcral.compare.grid import Cell, Study, cell_config, load_grid
+from hcral.compare.tables import (
+    TABLE_METRICS,
+    render_markdown,
+    summarize_study,
+    table_dict,
+    table_digits,
+)
+
+TrainFn = Callable[..., Mapping[str, Any]]
+CHECKPOINT_NAME = "last.pt"  # hcral.engine.checkpoint.LAST: the newest complete checkpoint
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # 0-d tensors and numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    # Write then rename, so a crash never leaves a half-written metrics.json that a
+    # rerun would take for a finished run.
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+class CompareInterrupted(RuntimeError):
+    """A run was stopped (signal) before it finished; rerunning the grid resumes it."""
+
+
+def run_cell_seed(
+    study: Study, cell: Cell, seed: int, run_dir: Path, train_fn: TrainFn
+) -> dict[str, Any]:
+    """Train one (cell, seed) unless finished; returns the contents of its metrics.json."""
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    cfg = cell_config(study, cell, seed, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = True if (run_dir / CHECKPOINT_NAME).is_file() else None
+    start = time.perf_counter()
+    metrics = dict(train_fn(cfg, resume=resume))
+    wall = time.perf_counter() - start  # of this call only when resumed
+    if metrics.get("interrupted"):
+        # No metrics.json: the rerun must resume this run, not count it as finished.
+        raise CompareInterrupted(f"{run_dir}: training was stopped; rerun to resume it")
+    missing = [m for m in TABLE_METRICS if m not in metrics]
+    if missing:
+        raise ValueError(f"{run_dir}: train returned no {missing}; got keys {sorted(metrics)}")
+    result = {
+        **metrics,
+        "wall_time_s": wall,
+        "resumed": bool(resume),
+        "seed": cfg.train.seed,
+        "study": study.name,
+        "cell": cell.name,
+        "overrides": cell.overrides,
+    }
+    _write_json(metrics_path, result)
+    return result
+
+
+@dataclass(frozen=True)
+class _Task:
+    study: Study
+    cell: Cell
+    seed: int
+    run_dir: Path
+
+
+def _train_in_child(task: _Task, train_fn: TrainFn | None, threads: int) -> None:
+    """Body of a ``--jobs`` worker process: one (cell, seed), output to its train.log."""
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(task.run_dir / "train.log", "a")  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), 1)  # C-level writes (tqdm, warnings) too
+    os.dup2(log.fileno(), 2)
+    import torch
+
+    torch.set_num_threads(threads)
+    run_cell_seed(task.study, task.cell, task.seed, task.run_dir, train_fn or _default_train())
+
+
+def _child_env(gpu: str | None, threads: int) -> dict[str, str]:
+    env = {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    return env | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """In the main thread, turn SIGTERM into KeyboardInterrupt while the block runs.
+
+    Python's default SIGTERM ends the process at once, without ``finally`` clauses: a
+    ``kill`` of ``hcral compare --jobs`` would leave its workers training as orphans.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_parallel(
+    tasks: Sequence[_Task], jobs: int, gpus: Sequence[str] = (), train_fn: TrainFn | None = None
+) -> None:
+    """Train ``tasks`` in at most ``jobs`` spawned processes; raise naming failed runs.
+
+    Each process sees ``gpus[slot % len(gpus)]`` alone when ``gpus`` is given. A stop
+    (Ctrl-C or SIGTERM) terminates the workers, which write a checkpoint a rerun resumes
+    from. (SIGKILL cannot be caught: it leaves the workers running.)
+    """
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending, running, failed, done = list(tasks), {}, [], 0
+    with _sigterm_interrupts():
+        try:
+            while pending or running:
+                free = [s for s in range(jobs) if s not in {slot for _, slot in running.values()}]
+                while pending and free:
+                    slot, task = free.pop(0), pending.pop(0)
+                    gpu = gpus[slot % len(gpus)] if gpus else None
+                    running[_start_worker(ctx, task, train_fn, gpu, threads)] = (task, slot)
+                time.sleep(0.2)
+                for proc in [p for p in running if not p.is_alive()]:
+                    task, _ = running.pop(proc)
+                    done += 1
+                    if proc.exitcode != 0:
+                        failed.append(str(task.run_dir))
+                        print(f"run failed: {task.run_dir}/train.log", file=sys.stderr)
+                    else:
+                        print(f"[{done}/{len(tasks)}] finished {task.run_dir}", flush=True)
+        finally:
+            for proc in running:
+                proc.terminate()
+                proc.join()
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed, see their train.log: {failed}")
+
+
+def _start_worker(
+    ctx: Any, task: _Task, train_fn: TrainFn | None, gpu: str | None, threads: int
+) -> Any:
+    """Start one spawned worker for ``task`` with its GPU and thread count."""
+    env = _child_env(gpu, threads)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # a spawned child copies the environment at start
+    try:
+        proc = ctx.Process(target=_train_in_child, args=(task, train_fn, threads))
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return proc
+
+
+def _default_train() -> TrainFn:
+    from hcral.engine.train import train
+
+    return train
+
+
+def run_compare(
+    grid_path: str | Path,
+    seeds: int,
+    out_dir: str | Path,
+    train_fn: TrainFn | None = None,
+    plots: bool = True,
+    jobs: int = 1,
+    gpus: Sequence[str] = (),
+    first_seed: int = 0,
+    report_only: bool = False,
+    only: Sequence[str] = (),
+) -> Path:
+    """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
+
+    Args:
+        grid_path: grid YAML (format in the module docstring).
+        seeds: number of seeds per cell, ≥ 1 (seed k runs with ``train.seed`` + k).
+        out_dir: root of ``<study>/<cell>/seed_<k>/`` run folders and the reports.
+        train_fn: ``train(cfg, resume=None) -> metrics dict``; default
+            :func:`hcral.engine.train.train`. Injected by tests.
+        plots: also write ``<study>/ap_bars.png``.
+        jobs: runs trained at once, each in a spawned process (``train_fn`` must then
+            be picklable: a module-level function).
+        gpus: CUDA device ids handed to the ``jobs`` processes in turn.
+        first_seed: index of the first seed, ≥ 0: runs seeds ``first_seed`` to
+            ``first_seed + seeds - 1`` (e.g. seeds 4-7 on a second machine while
+            another ran 0-3; a later ``--seeds 8`` over the merged folder reuses both).
+        report_only: train nothing; tables from the runs finished so far (a study's
+            cells without any are listed as not run; a study whose reference has none
+            is left out), e.g. to look at a grid while it still runs.
+        only: names of the studies to run and report (default: all of them).
+    Returns:
+        Path of ``out_dir/results.md`` holding every study's table (each study's table
+        is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
+    """
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
+    studies = select_studies(load_grid(grid_path), only)
+    out = Path(out_dir)
+    ks = range(first_seed, first_seed + seeds)
+    # Seed-major order: a grid stopped half-way has whole seeds of every cell, which
+    # already compare, instead of all seeds of the first cells and none of the rest.
+    tasks = [
+        _Task(study, cell, k, out / study.name / cell.name / f"seed_{k}")
+        for k in ks
+        for study in studies
+        for cell in study.cells
+    ]
+    primaries, copies = split_duplicates(tasks)
+    todo = [t for t in primaries if not (t.run_dir / "metrics.json").is_file()]
+    if train_fn is None and not report_only:
+        check_data(todo)
+    if jobs > 1 and not report_only:
+        run_parallel(todo, jobs, gpus, train_fn)
+    train_fn = train_fn or _default_train()
+    for t in todo if jobs == 1 and not report_only else ():
+        run_cell_seed(t.study, t.cell, t.seed, t.run_dir, train_fn)
+    for copy_task, source in copies:
+        reuse_run(source, copy_task)
+    label = f"{seeds} seed(s) per cell" + (f", seeds {ks[0]}-{ks[-1]}" if first_seed else "")
+    label += ", finished runs only" if report_only else ""
+    parts = [f"# Results of `{Path(grid_path).name}` ({label})\n"]
+    parts += [_study_report(s, out, ks, train_fn, report_only, plots) for s in studies]
+    result = out / "results.md"
+    result.write_text("\n".join(parts))
+    return result
+
+
+def select_studies(studies: list[Study], only: Sequence[str]) -> list[Study]:
+    """The studies named in ``only``, in grid order (all of them when ``only`` is empty)."""
+    names = [s.name for s in studies]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"no study {unknown} in the grid; its studies are {names}")
+    return [s for s in studies if not only or s.name in only]
+
+
+def _run_key(task: _Task) -> str:
+    """The resolved config of a run, minus its output folder, as canonical JSON."""
+    cfg = cell_config(task.study, task.cell, task.seed, Path("."))
+    return json.dumps(_numbers_as_float(dataclasses.asdict(cfg)), sort_keys=True, default=str)
+
+
+def _numbers_as_float(value: Any) -> Any:
+    # A grid's `mu: 5` and a base config's `mu: 5.0` configure the same run.
+    if isinstance(value, dict):
+        return {k: _numbers_as_float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers_as_float(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def split_duplicates(tasks: Sequence[_Task]) -> tuple[list[_Task], list[tuple[_Task, _Task]]]:
+    """Split runs into those to train and ``(copy, source)`` pairs of identical runs.
+
+    Two runs are identical when their resolved configs agree in everything but the
+    output folder, e.g. the default-value reference that every one-parameter study of
+    ``hyper_params.yaml`` holds: it trains once per seed, and the other studies get a
+    copy of its metrics (:func:`reuse_run`). The first run of each config, in ``tasks``
+    order, is the one trained.
+    """
+    first: dict[str, _Task] = {}
+    primaries, copies = [], []
+    for task in tasks:
+        source = first.setdefault(_run_key(task), task)
+        if source is task:
+            primaries.append(task)
+        else:
+            copies.append((task, source))
+    return primaries, copies
+
+
+def reuse_run(source: _Task, task: _Task) -> None:
+    """Give ``task`` the finished metrics of the identical run ``source``.
+
+    Writes ``task``'s ``metrics.json`` with its own study, cell and overrides, and
+    ``reused_from`` = the source's run folder. Does nothing when ``task`` already has
+    metrics or ``source`` has not finished.
+    """
+    target, origin = task.run_dir / "metrics.json", source.run_dir / "metrics.json"
+    if target.is_file() or not origin.is_file():
+        return
+    metrics = json.loads(origin.read_text())
+    metrics.update(
+        study=task.study.name,
+        cell=task.cell.name,
+        overrides=task.cell.overrides,
+        reused_from=str(source.run_dir),
+    )
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(target, metrics)
+
+
+def check_data(tasks: Sequence[_Task]) -> None:
+    """Fail before any training when a run's dataset files are missing.
+
+    Without this, ``--jobs N`` would start every run of the grid only to see each one
+    fail on the same missing annotation file. Relative paths resolve against the
+    current directory, as in training.
+    """
+    missing: dict[str, str] = {}
+    for t in tasks:
+        d = cell_config(t.study, t.cell, t.seed, t.run_dir).data
+        for key in ("train_json", "train_images", "val_json", "val_images"):
+            path = getattr(d, key)
+            if not Path(path).exists():
+                missing.setdefault(f"data.{key}: {path}", f"{t.study.name}/{t.cell.name}")
+    if missing:
+        lines = "\n".join(f"  {what} (first needed by {cell})" for what, cell in missing.items())
+        hint = "the sample data is made by `hcral data make-sample data/sample`"
+        raise FileNotFoundError(f"dataset files not found, nothing trained:\n{lines}\n({hint})")
+
+
+def _study_report(
+    study: Study, out: Path, ks: range, train_fn: TrainFn, report_only: bool, plots: bool
+) -> str:
+    """One study's Markdown table (also written to ``<study>/table.md``, its numbers to
+    ``summary.json`` and, with ``plots``, its AP bars to ``ap_bars.png``)."""
+    runs = _study_runs(study, out, ks, train_fn, finished_only=report_only)
+    missing = [name for name, done in runs.items() if not done]
+    if study.reference in missing:
+        return f"### {study.name}\n\nNo finished run of the reference yet.\n"
+    runs = {name: done for name, done in runs.items() if done}
+    table = summarize_study(study.name, study.reference, runs)
+    text = render_markdown(table, table_digits(table))
+    if missing:
+        text += "\nNot run yet: " + ", ".join(f"`{name}`" for name in missing) + "\n"
+    (out / study.name / "table.md").write_text(text)
+    _write_json(out / study.name / "summary.json", table_dict(table))
+    if plots:
+        from hcral.viz import plot_ap_bars
+
+        plot_ap_bars(table, out / study.name / "ap_bars.png")
+    return text
+
+
+def _study_runs(
+    study: Study, out: Path, ks: range, train_fn: TrainFn, finished_only: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Cell name -> metrics of its seeds ``ks`` (trained first where missing), in order;
+    with ``finished_only``, only the seeds whose ``metrics.json`` exists."""
+    runs = {}
+    for cell in study.cells:
+        dirs = {k: out / study.name / cell.name / f"seed_{k}" for k in ks}
+        if finished_only:
+            dirs = {k: d for k, d in dirs.items() if (d / "metrics.json").is_file()}
+        runs[cell.name] = [run_cell_seed(study, cell, k, d, train_fn) for k, d in dirs.items()]
+    return runs
