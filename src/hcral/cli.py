@@ -95,6 +95,12 @@ def cmd_make_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from hcral.compare import plan_runs
+
+        plan = plan_runs(args.grid, args.seeds, args.out, args.first_seed, args.study)
+        print(plan.describe())
+        return 0
     from hcral.compare import run_compare
 
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
@@ -230,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="run and report only this study of the grid (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="train nothing, write nothing: count the runs finished, to train and to copy",
     )
     p.add_argument(
         "--report-only",

@@ -358,3 +358,22 @@ def test_hyper_params_grids_train_their_shared_reference_once(tmp_path):
         primaries, copies = compare.split_duplicates(tasks)
         assert (len(tasks), len(primaries)) == (23, 18)
         assert {source.cell.name for _, source in copies} == {"bins=20"}
+
+
+def test_plan_counts_finished_todo_and_copies_and_writes_nothing(tmp_path, base_cfg):
+    grid, out = _two_studies_sharing_a_cell(tmp_path, base_cfg), tmp_path / "out"
+    plan = compare.plan_runs(grid, 2, out)
+    assert (len(plan.tasks), len(plan.todo), len(plan.copies)) == (8, 6, 2)
+    assert plan.describe().splitlines() == [
+        "mu: 2 cells x 2 seeds = 4 runs: 0 finished, 4 to train, 0 to copy from identical runs",
+        "theta: 2 cells x 2 seeds = 4 runs: 0 finished, 2 to train, 2 to copy from identical runs",
+        "in all: 6 run(s) to train",
+    ]
+    assert not out.exists()
+    run_compare(grid, 1, out, train_fn=FakeTrain(), plots=False)  # seed 0 of everything
+    text = compare.plan_runs(grid, 2, out).describe()
+    assert "mu: 2 cells x 2 seeds = 4 runs: 2 finished, 2 to train, 0 to copy" in text
+    assert "theta: 2 cells x 2 seeds = 4 runs: 2 finished, 1 to train, 1 to copy" in text
+    assert text.endswith("in all: 3 run(s) to train")
+    with pytest.raises(ValueError, match="seeds"):
+        compare.plan_runs(grid, 0, out)

@@ -50,7 +50,8 @@ the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`).
 
 Runs whose resolved configs are identical (apart from the folder) train once: the
 others get a copy of its ``metrics.json`` marked ``reused_from``
-(:func:`split_duplicates`). ``--study NAME`` runs and reports only the named studies.
+(:func:`split_duplicates`). ``--study NAME`` runs and reports only the named studies;
+``--dry-run`` prints :func:`plan_runs`' counts and trains nothing.
 
 ``--jobs N`` trains up to N runs at once, each in its own process (spawned, so CUDA
 starts clean), with ``cpu_count // N`` threads and its output in
@@ -63,8 +64,10 @@ from hcral.compare.grid import Cell, Study, apply_override, cell_config, load_gr
 from hcral.compare.runner import (
     CHECKPOINT_NAME,
     CompareInterrupted,
+    RunPlan,
     TrainFn,
     check_data,
+    plan_runs,
     reuse_run,
     run_cell_seed,
     run_compare,
@@ -99,6 +102,7 @@ __all__ = [
     "Cell",
     "CellSummary",
     "CompareInterrupted",
+    "RunPlan",
     "Study",
     "StudyTable",
     "Summary",
@@ -112,6 +116,7 @@ __all__ = [
     "intervals_overlap",
     "load_grid",
     "paired_difference_interval",
+    "plan_runs",
     "render_markdown",
     "reuse_run",
     "run_cell_seed",

@@ -219,25 +219,10 @@ def run_compare(
         Path of ``out_dir/results.md`` holding every study's table (each study's table
         is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
     """
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-    if not isinstance(first_seed, int) or first_seed < 0:
-        raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
-    studies = select_studies(load_grid(grid_path), only)
-    out = Path(out_dir)
-    ks = range(first_seed, first_seed + seeds)
-    # Seed-major order: a grid stopped half-way has whole seeds of every cell, which
-    # already compare, instead of all seeds of the first cells and none of the rest.
-    tasks = [
-        _Task(study, cell, k, out / study.name / cell.name / f"seed_{k}")
-        for k in ks
-        for study in studies
-        for cell in study.cells
-    ]
-    primaries, copies = split_duplicates(tasks)
-    todo = [t for t in primaries if not (t.run_dir / "metrics.json").is_file()]
+    plan = plan_runs(grid_path, seeds, out_dir, first_seed, only)
+    studies, out, ks, todo, copies = plan.studies, Path(out_dir), plan.seeds, plan.todo, plan.copies
     if train_fn is None and not report_only:
         check_data(todo)
     if jobs > 1 and not report_only:
@@ -254,6 +239,67 @@ def run_compare(
     result = out / "results.md"
     result.write_text("\n".join(parts))
     return result
+
+
+@dataclass
+class RunPlan:
+    """What :func:`run_compare` would do: every run, and which of them it would train.
+
+    ``tasks`` holds every (study, cell, seed) run in training order (seed-major);
+    ``todo`` the runs it would train (not finished, not identical to another run);
+    ``copies`` the ``(run, source)`` pairs it fills from an identical run.
+    """
+
+    studies: list[Study]
+    seeds: range
+    tasks: list[_Task]
+    todo: list[_Task]
+    copies: list[tuple[_Task, _Task]]
+
+    def describe(self) -> str:
+        """A few lines per study: runs, finished, to train, copied from identical runs."""
+        lines = []
+        copied = {id(t) for t, _ in self.copies}
+        todo = {id(t) for t in self.todo}
+        for study in self.studies:
+            mine = [t for t in self.tasks if t.study is study]
+            done = sum((t.run_dir / "metrics.json").is_file() for t in mine)
+            train = sum(id(t) in todo for t in mine)
+            copy = sum(id(t) in copied and not (t.run_dir / "metrics.json").is_file() for t in mine)
+            lines.append(
+                f"{study.name}: {len(study.cells)} cells x {len(self.seeds)} seeds = {len(mine)} "
+                f"runs: {done} finished, {train} to train, {copy} to copy from identical runs"
+            )
+        lines.append(f"in all: {len(self.todo)} run(s) to train")
+        return "\n".join(lines)
+
+
+def plan_runs(
+    grid_path: str | Path,
+    seeds: int,
+    out_dir: str | Path,
+    first_seed: int = 0,
+    only: Sequence[str] = (),
+) -> RunPlan:
+    """Expand a grid into its runs under ``out_dir`` (arguments as in :func:`run_compare`)."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
+    studies = select_studies(load_grid(grid_path), only)
+    out = Path(out_dir)
+    ks = range(first_seed, first_seed + seeds)
+    # Seed-major order: a grid stopped half-way has whole seeds of every cell, which
+    # already compare, instead of all seeds of the first cells and none of the rest.
+    tasks = [
+        _Task(study, cell, k, out / study.name / cell.name / f"seed_{k}")
+        for k in ks
+        for study in studies
+        for cell in study.cells
+    ]
+    primaries, copies = split_duplicates(tasks)
+    todo = [t for t in primaries if not (t.run_dir / "metrics.json").is_file()]
+    return RunPlan(studies, ks, tasks, todo, copies)
 
 
 def select_studies(studies: list[Study], only: Sequence[str]) -> list[Study]:
