@@ -377,3 +377,14 @@ def test_plan_counts_finished_todo_and_copies_and_writes_nothing(tmp_path, base_
     assert text.endswith("in all: 3 run(s) to train")
     with pytest.raises(ValueError, match="seeds"):
         compare.plan_runs(grid, 0, out)
+
+
+def test_a_finished_run_is_the_source_of_its_identical_runs(tmp_path, base_cfg):
+    # theta=0.7 seed 0 finished before (e.g. in an earlier grid); mu=5 is the same config
+    grid, out = _two_studies_sharing_a_cell(tmp_path, base_cfg), tmp_path / "out"
+    run_compare(grid, 1, out, train_fn=FakeTrain(), plots=False, only=["theta"])
+    fake = FakeTrain()
+    run_compare(grid, 1, out, train_fn=fake, plots=False)
+    assert fake.calls == [("mu=0", 10, None)]
+    copied = json.loads((out / "mu/mu=5/seed_0/metrics.json").read_text())
+    assert copied["reused_from"] == str(out / "theta" / "theta=0.7" / "seed_0")

@@ -334,17 +334,19 @@ def split_duplicates(tasks: Sequence[_Task]) -> tuple[list[_Task], list[tuple[_T
     Two runs are identical when their resolved configs agree in everything but the
     output folder, e.g. the default-value reference that every one-parameter study of
     ``hyper_params.yaml`` holds: it trains once per seed, and the other studies get a
-    copy of its metrics (:func:`reuse_run`). The first run of each config, in ``tasks``
-    order, is the one trained.
+    copy of its metrics (:func:`reuse_run`). The source of each group is its first
+    finished run, else its first run in ``tasks`` order; primaries keep that order.
     """
-    first: dict[str, _Task] = {}
-    primaries, copies = [], []
+    groups: dict[str, list[_Task]] = {}
     for task in tasks:
-        source = first.setdefault(_run_key(task), task)
-        if source is task:
-            primaries.append(task)
-        else:
-            copies.append((task, source))
+        groups.setdefault(_run_key(task), []).append(task)
+    source_of: dict[int, _Task] = {}
+    for group in groups.values():
+        finished = [t for t in group if (t.run_dir / "metrics.json").is_file()]
+        source = (finished or group)[0]
+        source_of.update({id(t): source for t in group})
+    primaries = [t for t in tasks if source_of[id(t)] is t]
+    copies = [(t, source_of[id(t)]) for t in tasks if source_of[id(t)] is not t]
     return primaries, copies
 
 
