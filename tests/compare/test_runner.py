@@ -349,15 +349,18 @@ def test_only_runs_the_named_studies(tmp_path, base_cfg):
         run_compare(grid, 1, out, train_fn=fake, plots=False, only=["nope"])
 
 
-def test_hyper_params_grids_train_their_shared_reference_once(tmp_path):
-    # The six one-parameter studies share their default-value reference: 23 cells,
-    # 18 distinct configs.
-    for name in ("hyper_params.yaml", "hyper_params_short.yaml"):
+def test_hyper_params_grids_train_their_shared_references_once(tmp_path):
+    # One-parameter studies share their default-value reference: on RetinaNet all six
+    # (23 cells, 18 configs); on ATSS the three HCRAC ones and hcrar_alpha/ep (20 configs).
+    for name, distinct, sources in (
+        ("hyper_params.yaml", 18, {"bins=20"}),
+        ("hyper_params_short.yaml", 20, {"bins=20", "alpha=-0.1"}),
+    ):
         studies = load_grid(ABLATIONS / name)
         tasks = [_Task(s, c, 0, tmp_path / s.name / c.name) for s in studies for c in s.cells]
         primaries, copies = compare.split_duplicates(tasks)
-        assert (len(tasks), len(primaries)) == (23, 18)
-        assert {source.cell.name for _, source in copies} == {"bins=20"}
+        assert (len(tasks), len(primaries)) == (23, distinct)
+        assert {source.cell.name for _, source in copies} == sources
 
 
 def test_plan_counts_finished_todo_and_copies_and_writes_nothing(tmp_path, base_cfg):
