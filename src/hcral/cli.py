@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any  # argparse's sub-parser action type is private
 
 from hcral import __version__
 from hcral.config import ConfigError, load_config
@@ -147,25 +148,8 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; each sub-command stores its handler in ``func``."""
-    # --debug is accepted before or after the sub-command; SUPPRESS keeps a sub-parser
-    # default from overwriting a value given to the main parser.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="show full tracebacks on errors",
-    )
-    parser = argparse.ArgumentParser(
-        prog="hcral",
-        parents=[common],
-        description="Dense object detection with HCRAC/HCRAR losses and the EATSS assigner.",
-    )
-    parser.add_argument("--version", action="version", version=f"hcral {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``hcral train CONFIG [--set ...] [--resume [PATH]]``."""
     p = sub.add_parser("train", parents=[common], help="train a detector from a YAML config")
     p.add_argument("config", type=Path, help="experiment YAML (see configs/)")
     _add_set(p)
@@ -179,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``hcral eval CONFIG CHECKPOINT``: COCO AP on ``data.val_json``."""
     p = sub.add_parser("eval", parents=[common], help="COCO AP of a checkpoint on data.val_json")
     p.add_argument("config", type=Path, help="experiment YAML")
     p.add_argument("checkpoint", type=Path, help=".pt checkpoint or .safetensors weights")
@@ -193,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``hcral predict CHECKPOINT IMAGES... --out DIR``."""
     p = sub.add_parser("predict", parents=[common], help="draw detections on image files")
     p.add_argument("checkpoint", type=Path, help=".pt checkpoint or .safetensors weights")
     p.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
@@ -208,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_data(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``hcral data make-sample DIR``: the built-in sample dataset."""
     p = sub.add_parser("data", parents=[common], help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     q = data_sub.add_parser(
@@ -223,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_make_sample)
 
+
+def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``hcral compare GRID``: an ablation grid over seeds."""
     p = sub.add_parser("compare", parents=[common], help="run an ablation grid over seeds")
     p.add_argument("grid", type=Path, help="grid YAML (see configs/ablations/)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per grid cell (3)")
@@ -248,6 +244,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: write the tables from the runs finished so far",
     )
     p.set_defaults(func=cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each sub-command stores its handler in ``func``."""
+    # --debug is accepted before or after the sub-command; SUPPRESS keeps a sub-parser
+    # default from overwriting a value given to the main parser.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show full tracebacks on errors",
+    )
+    parser = argparse.ArgumentParser(
+        prog="hcral",
+        parents=[common],
+        description="Dense object detection with HCRAC/HCRAR losses and the EATSS assigner.",
+    )
+    parser.add_argument("--version", action="version", version=f"hcral {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub, common)
+    _add_eval(sub, common)
+    _add_predict(sub, common)
+    _add_data(sub, common)
+    _add_compare(sub, common)
     return parser
 
 
