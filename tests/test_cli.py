@@ -114,9 +114,9 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
 def test_compare_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     grid = REPO / "configs" / "ablations" / "hyper_params_short.yaml"
     args = ["compare", str(grid), "--seeds", "2", "--out", str(tmp_path / "o"), "--dry-run"]
-    assert cli.main(args + ["--study", "hcrac_mu", "--study", "hcrar_ep"]) == 0
+    assert cli.main(args + ["--study", "hcrar_alpha", "--study", "hcrar_ep"]) == 0
     text = capsys.readouterr().out
-    assert "hcrac_mu: 4 cells x 2 seeds = 8 runs: 0 finished, 8 to train" in text
+    assert "hcrar_alpha: 4 cells x 2 seeds = 8 runs: 0 finished, 8 to train" in text
     assert "hcrar_ep: 3 cells x 2 seeds = 6 runs: 0 finished, 4 to train, 2 to copy" in text
     assert "in all: 12 run(s) to train" in text and not (tmp_path / "o").exists()
 
