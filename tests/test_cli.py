@@ -89,10 +89,18 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     got = {}
 
     def run_compare(
-        grid_path, seeds, out_dir, jobs=1, gpus=(), first_seed=0, report_only=False, only=()
+        grid_path,
+        seeds,
+        out_dir,
+        jobs=1,
+        gpus=(),
+        first_seed=0,
+        report_only=False,
+        only=(),
+        reuse_from=(),
     ):
         got.update(grid=grid_path, seeds=seeds, out=out_dir, jobs=jobs, gpus=gpus, first=first_seed)
-        got.update(report_only=report_only, only=only)
+        got.update(report_only=report_only, only=only, reuse_from=reuse_from)
         return Path(out_dir) / "report.md"
 
     monkeypatch.setitem(
@@ -100,7 +108,7 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     )
     assert cli.main(["compare", "g.yaml", "--seeds", "2", "--out", str(tmp_path)]) == 0
     want = {"grid": Path("g.yaml"), "seeds": 2, "out": tmp_path, "jobs": 1, "gpus": [], "first": 0}
-    want.update(report_only=False, only=[])
+    want.update(report_only=False, only=[], reuse_from=[])
     assert got == want
     args = ["compare", "g.yaml", "--out", str(tmp_path), "--jobs", "4", "--gpus", "0,1"]
     assert cli.main(args + ["--first-seed", "4"]) == 0
@@ -109,6 +117,8 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     assert cli.main(["compare", "g.yaml", "--report-only"]) == 0 and got["report_only"]
     assert cli.main(["compare", "g.yaml", "--study", "a", "--study", "b"]) == 0
     assert got["only"] == ["a", "b"]
+    assert cli.main(["compare", "g.yaml", "--reuse-from", "r1", "--reuse-from", "r2"]) == 0
+    assert got["reuse_from"] == [Path("r1"), Path("r2")]
 
 
 def test_compare_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):

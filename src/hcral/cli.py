@@ -99,7 +99,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.dry_run:
         from hcral.compare import plan_runs
 
-        plan = plan_runs(args.grid, args.seeds, args.out, args.first_seed, args.study)
+        plan = plan_runs(
+            args.grid, args.seeds, args.out, args.first_seed, args.study, args.reuse_from
+        )
         print(plan.describe())
         return 0
     from hcral.compare import run_compare
@@ -114,6 +116,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         first_seed=args.first_seed,
         report_only=args.report_only,
         only=args.study,
+        reuse_from=args.reuse_from,
     )
     print(f"comparison report: {report}")
     return 0
@@ -232,6 +235,14 @@ def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME",
         help="run and report only this study of the grid (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--reuse-from",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="copy runs still to do from identical finished runs under DIR (repeatable)",
     )
     p.add_argument(
         "--dry-run",

@@ -40,6 +40,8 @@ class FakeTrain:
         out = Path(cfg.train.output_dir)
         key = (out.parent.name, cfg.train.seed)
         self.calls.append((out.parent.name, cfg.train.seed, resume))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))  # as training does
         if self.crash_on == key:
             self.crash_on = None
             (out / compare.CHECKPOINT_NAME).write_bytes(b"ckpt")

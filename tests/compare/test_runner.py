@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import pytest
+import yaml
 from tests.compare._fakes import (
     ABLATIONS,
     REPO,
@@ -391,3 +393,44 @@ def test_a_finished_run_is_the_source_of_its_identical_runs(tmp_path, base_cfg):
     assert fake.calls == [("mu=0", 10, None)]
     copied = json.loads((out / "mu/mu=5/seed_0/metrics.json").read_text())
     assert copied["reused_from"] == str(out / "theta" / "theta=0.7" / "seed_0")
+
+
+def test_reuse_from_copies_identical_runs_of_an_earlier_grid(tmp_path, base_cfg):
+    first = tmp_path / "first"
+    run_compare(write_grid(tmp_path, base_cfg), 2, first, train_fn=FakeTrain(), plots=False)
+    theta = {"theta": {"axes": {"model.cls_loss_args.theta": [0.7, 0.9]}}}
+    grid = write_yaml(tmp_path / "theta.yaml", {"base": base_cfg.name, "studies": theta})
+    out = tmp_path / "second"
+    plan = compare.plan_runs(grid, 2, out, reuse_from=[first])
+    assert "theta: 2 cells x 2 seeds = 4 runs: 0 finished, 2 to train, 2 to copy" in (
+        plan.describe()
+    )
+    assert "(2 of the copies come from runs outside the grid)" in plan.describe()
+    fake = FakeTrain()
+    run_compare(grid, 2, out, train_fn=fake, plots=False, reuse_from=[first])
+    assert fake.calls == [("theta=0.9", 10, None), ("theta=0.9", 11, None)]
+    for k in (0, 1):  # theta=0.7 with mu 5 from the base is first's mu=5
+        copied = json.loads((out / f"theta/theta=0.7/seed_{k}/metrics.json").read_text())
+        assert copied["reused_from"] == str(first / "mu" / "mu=5" / f"seed_{k}")
+        assert copied["cell"] == "theta=0.7" and copied["seed"] == 10 + k
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        compare.plan_runs(grid, 1, out, reuse_from=[tmp_path / "nowhere"])
+
+
+def test_match_finished_run_needs_the_same_classes_unless_one_is_resolved(tmp_path, base_cfg):
+    first = tmp_path / "first"
+    run_compare(write_grid(tmp_path, base_cfg), 1, first, train_fn=FakeTrain(), plots=False)
+    (study,) = load_grid(write_grid(tmp_path, base_cfg))
+    task = _Task(study, study.cells[1], 0, tmp_path / "new")  # mu=5 seed 0, num_classes 0
+    saved = first / "mu/mu=5/seed_0/config.yaml"
+    raw = yaml.safe_load(saved.read_text())
+    for trained_classes, grid_classes, match in ((6, 0, True), (6, 6, True), (6, 7, False)):
+        raw["model"]["num_classes"] = trained_classes
+        saved.write_text(yaml.safe_dump(raw))
+        cell = dataclasses.replace(task.cell, overrides={"model.num_classes": grid_classes})
+        found = compare.find_finished_runs([first])
+        got = compare.match_finished_run(dataclasses.replace(task, cell=cell), found)
+        assert got == (saved.parent if match else None), (trained_classes, grid_classes)
+    raw["model"]["no_such_key"] = 1  # a config this version cannot load is not matched
+    saved.write_text(yaml.safe_dump(raw))
+    assert compare.match_finished_run(task, compare.find_finished_runs([first])) is None

@@ -51,7 +51,9 @@ the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`).
 Runs whose resolved configs are identical (apart from the folder) train once: the
 others get a copy of its ``metrics.json`` marked ``reused_from``
 (:func:`split_duplicates`). ``--study NAME`` runs and reports only the named studies;
-``--dry-run`` prints :func:`plan_runs`' counts and trains nothing.
+``--dry-run`` prints :func:`plan_runs`' counts and trains nothing. ``--reuse-from DIR``
+copies runs still to do from identical finished runs of earlier grids
+(:func:`find_finished_runs`, matched on the ``config.yaml`` each run left).
 
 ``--jobs N`` trains up to N runs at once, each in its own process (spawned, so CUDA
 starts clean), with ``cpu_count // N`` threads and its output in
@@ -67,6 +69,8 @@ from hcral.compare.runner import (
     RunPlan,
     TrainFn,
     check_data,
+    find_finished_runs,
+    match_finished_run,
     plan_runs,
     reuse_run,
     run_cell_seed,
@@ -112,9 +116,11 @@ __all__ = [
     "check_data",
     "compare_mark",
     "difference_interval",
+    "find_finished_runs",
     "format_summary",
     "intervals_overlap",
     "load_grid",
+    "match_finished_run",
     "paired_difference_interval",
     "plan_runs",
     "render_markdown",

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hcral.compare.grid import Cell, Study, cell_config, load_grid
 from hcral.compare.tables import (
     TABLE_METRICS,
@@ -24,6 +26,7 @@ from hcral.compare.tables import (
     table_dict,
     table_digits,
 )
+from hcral.config import Config, config_from_dict
 
 TrainFn = Callable[..., Mapping[str, Any]]
 CHECKPOINT_NAME = "last.pt"  # hcral.engine.checkpoint.LAST: the newest complete checkpoint
@@ -195,6 +198,7 @@ def run_compare(
     first_seed: int = 0,
     report_only: bool = False,
     only: Sequence[str] = (),
+    reuse_from: Sequence[str | Path] = (),
 ) -> Path:
     """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
 
@@ -215,14 +219,19 @@ def run_compare(
             cells without any are listed as not run; a study whose reference has none
             is left out), e.g. to look at a grid while it still runs.
         only: names of the studies to run and report (default: all of them).
+        reuse_from: folders of earlier runs (e.g. another grid's ``--out``): a run
+            still to do whose config matches a finished run there is copied from it
+            instead of trained (:func:`find_finished_runs`).
     Returns:
         Path of ``out_dir/results.md`` holding every study's table (each study's table
         is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-    plan = plan_runs(grid_path, seeds, out_dir, first_seed, only)
+    plan = plan_runs(grid_path, seeds, out_dir, first_seed, only, reuse_from)
     studies, out, ks, todo, copies = plan.studies, Path(out_dir), plan.seeds, plan.todo, plan.copies
+    for copy_task, source in copies[: plan.external]:
+        reuse_run(source, copy_task)
     if train_fn is None and not report_only:
         check_data(todo)
     if jobs > 1 and not report_only:
@@ -247,14 +256,16 @@ class RunPlan:
 
     ``tasks`` holds every (study, cell, seed) run in training order (seed-major);
     ``todo`` the runs it would train (not finished, not identical to another run);
-    ``copies`` the ``(run, source)`` pairs it fills from an identical run.
+    ``copies`` the ``(run, source run folder)`` pairs it fills from an identical run,
+    the first ``external`` of them from runs outside the grid (``reuse_from``).
     """
 
     studies: list[Study]
     seeds: range
     tasks: list[_Task]
     todo: list[_Task]
-    copies: list[tuple[_Task, _Task]]
+    copies: list[tuple[_Task, Path]]
+    external: int = 0
 
     def describe(self) -> str:
         """A few lines per study: runs, finished, to train, copied from identical runs."""
@@ -271,6 +282,8 @@ class RunPlan:
                 f"runs: {done} finished, {train} to train, {copy} to copy from identical runs"
             )
         lines.append(f"in all: {len(self.todo)} run(s) to train")
+        if self.external:
+            lines.append(f"({self.external} of the copies come from runs outside the grid)")
         return "\n".join(lines)
 
 
@@ -280,6 +293,7 @@ def plan_runs(
     out_dir: str | Path,
     first_seed: int = 0,
     only: Sequence[str] = (),
+    reuse_from: Sequence[str | Path] = (),
 ) -> RunPlan:
     """Expand a grid into its runs under ``out_dir`` (arguments as in :func:`run_compare`)."""
     if not isinstance(seeds, int) or seeds < 1:
@@ -299,7 +313,12 @@ def plan_runs(
     ]
     primaries, copies = split_duplicates(tasks)
     todo = [t for t in primaries if not (t.run_dir / "metrics.json").is_file()]
-    return RunPlan(studies, ks, tasks, todo, copies)
+    found = find_finished_runs(reuse_from) if reuse_from else {}
+    external = [(t, src) for t in todo if (src := match_finished_run(t, found)) is not None]
+    todo = [t for t in todo if id(t) not in {id(e) for e, _ in external}]
+    # External copies first: an in-grid copy may take its metrics from one of them.
+    pairs = external + [(t, source.run_dir) for t, source in copies]
+    return RunPlan(studies, ks, tasks, todo, pairs, len(external))
 
 
 def select_studies(studies: list[Study], only: Sequence[str]) -> list[Study]:
@@ -350,14 +369,14 @@ def split_duplicates(tasks: Sequence[_Task]) -> tuple[list[_Task], list[tuple[_T
     return primaries, copies
 
 
-def reuse_run(source: _Task, task: _Task) -> None:
-    """Give ``task`` the finished metrics of the identical run ``source``.
+def reuse_run(source: Path, task: _Task) -> None:
+    """Give ``task`` the finished metrics of the identical run in folder ``source``.
 
     Writes ``task``'s ``metrics.json`` with its own study, cell and overrides, and
-    ``reused_from`` = the source's run folder. Does nothing when ``task`` already has
-    metrics or ``source`` has not finished.
+    ``reused_from`` = ``source``. Does nothing when ``task`` already has metrics or
+    ``source`` has not finished.
     """
-    target, origin = task.run_dir / "metrics.json", source.run_dir / "metrics.json"
+    target, origin = task.run_dir / "metrics.json", Path(source) / "metrics.json"
     if target.is_file() or not origin.is_file():
         return
     metrics = json.loads(origin.read_text())
@@ -365,10 +384,57 @@ def reuse_run(source: _Task, task: _Task) -> None:
         study=task.study.name,
         cell=task.cell.name,
         overrides=task.cell.overrides,
-        reused_from=str(source.run_dir),
+        reused_from=str(source),
     )
     task.run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(target, metrics)
+
+
+def _config_key(cfg: Config) -> tuple[str, int]:
+    """``(canonical JSON without output folder and class count, class count)``.
+
+    A finished run's ``config.yaml`` holds ``model.num_classes`` as resolved from its
+    training set, where a grid cell usually says 0 ("from the training set").
+    """
+    raw = dataclasses.asdict(cfg)
+    raw["train"]["output_dir"] = "."
+    classes = int(raw["model"].pop("num_classes"))
+    return json.dumps(_numbers_as_float(raw), sort_keys=True, default=str), classes
+
+
+def find_finished_runs(roots: Sequence[str | Path]) -> dict[str, list[tuple[int, Path]]]:
+    """Index the finished runs under ``roots``: folders with ``metrics.json`` and the
+    ``config.yaml`` training wrote. Returns ``key -> [(num_classes, folder)]`` (keys of
+    :func:`_config_key`); a ``config.yaml`` that no longer loads is skipped.
+
+    Raises:
+        FileNotFoundError: a root is not a folder.
+    """
+    found: dict[str, list[tuple[int, Path]]] = {}
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"reuse_from: {str(root)!r} is not a folder")
+        for metrics in sorted(root.rglob("metrics.json")):
+            cfg_file = metrics.parent / "config.yaml"
+            if not cfg_file.is_file():
+                continue
+            try:
+                cfg = config_from_dict(yaml.safe_load(cfg_file.read_text()) or {}, str(cfg_file))
+            except (ValueError, yaml.YAMLError):  # an older config format: not comparable
+                continue
+            key, classes = _config_key(cfg)
+            found.setdefault(key, []).append((classes, metrics.parent))
+    return found
+
+
+def match_finished_run(task: _Task, found: Mapping[str, list[tuple[int, Path]]]) -> Path | None:
+    """The folder of a run in ``found`` identical to ``task``, or None. The class counts
+    must agree unless one of them is 0 (resolved from the same training set)."""
+    key, classes = _config_key(cell_config(task.study, task.cell, task.seed, Path(".")))
+    for other, folder in found.get(key, []):
+        if other == classes or 0 in (other, classes):
+            return folder
+    return None
 
 
 def check_data(tasks: Sequence[_Task]) -> None:
