@@ -413,6 +413,11 @@ def test_reuse_from_copies_identical_runs_of_an_earlier_grid(tmp_path, base_cfg)
         copied = json.loads((out / f"theta/theta=0.7/seed_{k}/metrics.json").read_text())
         assert copied["reused_from"] == str(first / "mu" / "mu=5" / f"seed_{k}")
         assert copied["cell"] == "theta=0.7" and copied["seed"] == 10 + k
+    # a copy of a copy names the run that trained, not the intermediate copy
+    third = tmp_path / "third"
+    run_compare(grid, 1, third, train_fn=FakeTrain(), plots=False, reuse_from=[out])
+    copied = json.loads((third / "theta/theta=0.7/seed_0/metrics.json").read_text())
+    assert copied["reused_from"] == str(first / "mu" / "mu=5" / "seed_0")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         compare.plan_runs(grid, 1, out, reuse_from=[tmp_path / "nowhere"])
 

@@ -373,8 +373,10 @@ def reuse_run(source: Path, task: _Task) -> None:
     """Give ``task`` the finished metrics of the identical run in folder ``source``.
 
     Writes ``task``'s ``metrics.json`` with its own study, cell and overrides, and
-    ``reused_from`` = ``source``. Does nothing when ``task`` already has metrics or
-    ``source`` has not finished.
+    ``reused_from`` = the folder of the run that trained (``source``, or its own
+    ``reused_from`` when ``source`` is a copy too), next to a copy of its
+    ``config.yaml``. Does nothing when ``task`` already has metrics or ``source`` has
+    not finished.
     """
     target, origin = task.run_dir / "metrics.json", Path(source) / "metrics.json"
     if target.is_file() or not origin.is_file():
@@ -384,9 +386,12 @@ def reuse_run(source: Path, task: _Task) -> None:
         study=task.study.name,
         cell=task.cell.name,
         overrides=task.cell.overrides,
-        reused_from=str(source),
+        reused_from=metrics.get("reused_from", str(source)),  # the run that trained
     )
     task.run_dir.mkdir(parents=True, exist_ok=True)
+    config = Path(source) / "config.yaml"
+    if config.is_file():  # lets a later --reuse-from find the copy too
+        (task.run_dir / "config.yaml").write_bytes(config.read_bytes())
     _write_json(target, metrics)
 
 
