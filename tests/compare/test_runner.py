@@ -439,3 +439,13 @@ def test_match_finished_run_needs_the_same_classes_unless_one_is_resolved(tmp_pa
     raw["model"]["no_such_key"] = 1  # a config this version cannot load is not matched
     saved.write_text(yaml.safe_dump(raw))
     assert compare.match_finished_run(task, compare.find_finished_runs([first])) is None
+
+
+def test_study_subset_copies_from_finished_runs_of_the_other_studies(tmp_path, base_cfg):
+    grid, out = _two_studies_sharing_a_cell(tmp_path, base_cfg), tmp_path / "out"
+    run_compare(grid, 1, out, train_fn=FakeTrain(), plots=False, only=["mu"])
+    fake = FakeTrain()
+    run_compare(grid, 1, out, train_fn=fake, plots=False, only=["theta"])
+    assert fake.calls == [("theta=0.9", 10, None)]  # theta=0.7 is mu=5, finished
+    copied = json.loads((out / "theta/theta=0.7/seed_0/metrics.json").read_text())
+    assert copied["reused_from"] == str(out / "mu" / "mu=5" / "seed_0")

@@ -300,7 +300,8 @@ def plan_runs(
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     if not isinstance(first_seed, int) or first_seed < 0:
         raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
-    studies = select_studies(load_grid(grid_path), only)
+    every = load_grid(grid_path)
+    studies = select_studies(every, only)
     out = Path(out_dir)
     ks = range(first_seed, first_seed + seeds)
     # Seed-major order: a grid stopped half-way has whole seeds of every cell, which
@@ -308,11 +309,18 @@ def plan_runs(
     tasks = [
         _Task(study, cell, k, out / study.name / cell.name / f"seed_{k}")
         for k in ks
-        for study in studies
+        for study in every
         for cell in study.cells
     ]
-    primaries, copies = split_duplicates(tasks)
-    todo = [t for t in primaries if not (t.run_dir / "metrics.json").is_file()]
+    chosen = {id(s) for s in studies}
+    # Finished runs of the studies left out by `only` may still be copied from.
+    pool = [t for t in tasks if id(t.study) in chosen or (t.run_dir / "metrics.json").is_file()]
+    tasks = [t for t in tasks if id(t.study) in chosen]
+    primaries, copies = split_duplicates(pool)
+    todo = [
+        t for t in primaries if id(t.study) in chosen and not (t.run_dir / "metrics.json").is_file()
+    ]
+    copies = [(t, source) for t, source in copies if id(t.study) in chosen]
     found = find_finished_runs(reuse_from) if reuse_from else {}
     external = [(t, src) for t in todo if (src := match_finished_run(t, found)) is not None]
     todo = [t for t in todo if id(t) not in {id(e) for e, _ in external}]
