@@ -50,7 +50,8 @@ the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`).
 
 Runs whose resolved configs are identical (apart from the folder) train once: the
 others get a copy of its ``metrics.json`` marked ``reused_from``
-(:func:`split_duplicates`). ``--study NAME`` runs and reports only the named studies;
+(:func:`split_duplicates`). ``--study NAME`` runs and reports only the named studies
+(finished runs of the others still serve as sources of copies);
 ``--dry-run`` prints :func:`plan_runs`' counts and trains nothing. ``--reuse-from DIR``
 copies runs still to do from identical finished runs of earlier grids
 (:func:`find_finished_runs`, matched on the ``config.yaml`` each run left).
