@@ -46,6 +46,11 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _finished(run_dir: Path) -> bool:
+    """Whether a run folder holds a finished run (``metrics.json`` is written last)."""
+    return (run_dir / "metrics.json").is_file()
+
+
 class CompareInterrupted(RuntimeError):
     """A run was stopped (signal) before it finished; rerunning the grid resumes it."""
 
@@ -230,8 +235,6 @@ def run_compare(
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     plan = plan_runs(grid_path, seeds, out_dir, first_seed, only, reuse_from)
     studies, out, ks, todo, copies = plan.studies, Path(out_dir), plan.seeds, plan.todo, plan.copies
-    for copy_task, source in copies[: plan.external]:
-        reuse_run(source, copy_task)
     if train_fn is None and not report_only:
         check_data(todo)
     if jobs > 1 and not report_only:
@@ -274,9 +277,9 @@ class RunPlan:
         todo = {id(t) for t in self.todo}
         for study in self.studies:
             mine = [t for t in self.tasks if t.study is study]
-            done = sum((t.run_dir / "metrics.json").is_file() for t in mine)
+            done = sum(_finished(t.run_dir) for t in mine)
             train = sum(id(t) in todo for t in mine)
-            copy = sum(id(t) in copied and not (t.run_dir / "metrics.json").is_file() for t in mine)
+            copy = sum(id(t) in copied and not _finished(t.run_dir) for t in mine)
             lines.append(
                 f"{study.name}: {len(study.cells)} cells x {len(self.seeds)} seeds = {len(mine)} "
                 f"runs: {done} finished, {train} to train, {copy} to copy from identical runs"
@@ -314,16 +317,15 @@ def plan_runs(
     ]
     chosen = {id(s) for s in studies}
     # Finished runs of the studies left out by `only` may still be copied from.
-    pool = [t for t in tasks if id(t.study) in chosen or (t.run_dir / "metrics.json").is_file()]
+    pool = [t for t in tasks if id(t.study) in chosen or _finished(t.run_dir)]
     tasks = [t for t in tasks if id(t.study) in chosen]
     primaries, copies = split_duplicates(pool)
-    todo = [
-        t for t in primaries if id(t.study) in chosen and not (t.run_dir / "metrics.json").is_file()
-    ]
+    todo = [t for t in primaries if id(t.study) in chosen and not _finished(t.run_dir)]
     copies = [(t, source) for t, source in copies if id(t.study) in chosen]
     found = find_finished_runs(reuse_from) if reuse_from else {}
     external = [(t, src) for t in todo if (src := match_finished_run(t, found)) is not None]
-    todo = [t for t in todo if id(t) not in {id(e) for e, _ in external}]
+    copied = {id(t) for t, _ in external}
+    todo = [t for t in todo if id(t) not in copied]
     # External copies first: an in-grid copy may take its metrics from one of them.
     pairs = external + [(t, source.run_dir) for t, source in copies]
     return RunPlan(studies, ks, tasks, todo, pairs, len(external))
@@ -338,10 +340,9 @@ def select_studies(studies: list[Study], only: Sequence[str]) -> list[Study]:
     return [s for s in studies if not only or s.name in only]
 
 
-def _run_key(task: _Task) -> str:
-    """The resolved config of a run, minus its output folder, as canonical JSON."""
-    cfg = cell_config(task.study, task.cell, task.seed, Path("."))
-    return json.dumps(_numbers_as_float(dataclasses.asdict(cfg)), sort_keys=True, default=str)
+def _task_key(task: _Task) -> tuple[str, int]:
+    """:func:`_config_key` of a run's resolved config."""
+    return _config_key(cell_config(task.study, task.cell, task.seed, Path(".")))
 
 
 def _numbers_as_float(value: Any) -> Any:
@@ -364,12 +365,12 @@ def split_duplicates(tasks: Sequence[_Task]) -> tuple[list[_Task], list[tuple[_T
     copy of its metrics (:func:`reuse_run`). The source of each group is its first
     finished run, else its first run in ``tasks`` order; primaries keep that order.
     """
-    groups: dict[str, list[_Task]] = {}
+    groups: dict[tuple[str, int], list[_Task]] = {}
     for task in tasks:
-        groups.setdefault(_run_key(task), []).append(task)
+        groups.setdefault(_task_key(task), []).append(task)
     source_of: dict[int, _Task] = {}
     for group in groups.values():
-        finished = [t for t in group if (t.run_dir / "metrics.json").is_file()]
+        finished = [t for t in group if _finished(t.run_dir)]
         source = (finished or group)[0]
         source_of.update({id(t): source for t in group})
     primaries = [t for t in tasks if source_of[id(t)] is t]
@@ -386,9 +387,9 @@ def reuse_run(source: Path, task: _Task) -> None:
     ``config.yaml``. Does nothing when ``task`` already has metrics or ``source`` has
     not finished.
     """
-    target, origin = task.run_dir / "metrics.json", Path(source) / "metrics.json"
-    if target.is_file() or not origin.is_file():
+    if _finished(task.run_dir) or not _finished(Path(source)):
         return
+    target, origin = task.run_dir / "metrics.json", Path(source) / "metrics.json"
     metrics = json.loads(origin.read_text())
     metrics.update(
         study=task.study.name,
@@ -443,7 +444,7 @@ def find_finished_runs(roots: Sequence[str | Path]) -> dict[str, list[tuple[int,
 def match_finished_run(task: _Task, found: Mapping[str, list[tuple[int, Path]]]) -> Path | None:
     """The folder of a run in ``found`` identical to ``task``, or None. The class counts
     must agree unless one of them is 0 (resolved from the same training set)."""
-    key, classes = _config_key(cell_config(task.study, task.cell, task.seed, Path(".")))
+    key, classes = _task_key(task)
     for other, folder in found.get(key, []):
         if other == classes or 0 in (other, classes):
             return folder
@@ -502,6 +503,6 @@ def _study_runs(
     for cell in study.cells:
         dirs = {k: out / study.name / cell.name / f"seed_{k}" for k in ks}
         if finished_only:
-            dirs = {k: d for k, d in dirs.items() if (d / "metrics.json").is_file()}
+            dirs = {k: d for k, d in dirs.items() if _finished(d)}
         runs[cell.name] = [run_cell_seed(study, cell, k, d, train_fn) for k, d in dirs.items()]
     return runs
