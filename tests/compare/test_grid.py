@@ -131,6 +131,7 @@ EXPECTED_CELLS = {
     "reg_losses.yaml": {"retinanet": 6, "atss": 6},
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
+    "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4},
     "hyper_params_short.yaml": {
         "hcrac_bins": 3,
         "hcrac_mu": 4,
@@ -191,6 +192,16 @@ def test_hyper_params_grid_covers_every_parameter(name):
     for study in studies.values():  # the reference is the paper's default value
         ref = next(c for c in study.cells if c.name == study.reference)
         assert list(ref.overrides.values())[-1] in (20, 5.0, 0.7, -0.1, 0.001, 1.2)
+
+
+def test_retinanet_hcrar_grid_differs_only_in_the_box_loss_and_r_max():
+    (study,) = load_grid(ABLATIONS / "retinanet_hcrar_short.yaml")
+    shared = {"train.epochs": 6, "train.lr_steps": [4, 5], "train.checkpoint_every": 6}
+    cells = {c.name: c.overrides for c in study.cells}
+    assert study.reference == "L1" and cells["L1"] == shared  # RetinaNet's own focal + L1
+    plain, clamped = cells["HCRAR"]["model.reg_loss_args"], cells["HCRAR r_max=10"]
+    assert {**plain, "r_max": 10.0} == clamped["model.reg_loss_args"]
+    assert cells["GIoU"]["model.reg_loss_args"]["loss_weight"] == plain["loss_weight"] == 2.5
 
 
 def test_ladder_is_cumulative():
