@@ -131,7 +131,7 @@ EXPECTED_CELLS = {
     "reg_losses.yaml": {"retinanet": 6, "atss": 6},
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
-    "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4},
+    "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
     "hyper_params_short.yaml": {
         "hcrac_bins": 3,
         "hcrac_mu": 4,
@@ -195,7 +195,7 @@ def test_hyper_params_grid_covers_every_parameter(name):
 
 
 def test_retinanet_hcrar_grid_differs_only_in_the_box_loss_and_r_max():
-    (study,) = load_grid(ABLATIONS / "retinanet_hcrar_short.yaml")
+    study, _ = load_grid(ABLATIONS / "retinanet_hcrar_short.yaml")
     shared = {"train.epochs": 6, "train.lr_steps": [4, 5], "train.checkpoint_every": 6}
     cells = {c.name: c.overrides for c in study.cells}
     assert study.reference == "L1" and cells["L1"] == shared  # RetinaNet's own focal + L1
