@@ -31,8 +31,7 @@ from pathlib import Path
 
 def _stats(module, args, kwargs, output) -> dict[str, float]:
     """One row of the trace from one HCRAR call (after its r̄ update)."""
-    from hcral.boxes import aligned_giou
-    from hcral.losses.hcrar import hcrar_weight, iou_and_centre_ratio, rci_coefficient
+    from hcral.losses.hcrar import hcrar_loss, iou_and_centre_ratio, rci_coefficient
 
     pred, target = args[0].detach().float(), args[1].detach().float()
     scores = kwargs["scores"].detach().float()
@@ -40,15 +39,15 @@ def _stats(module, args, kwargs, output) -> dict[str, float]:
     row = {"n_pos": n, "r_bar": float(module.r_mean.value), "loss": float(output.detach())}
     if n == 0:
         return row
-    ious, ratio = iou_and_centre_ratio(pred, target)
+    ious, _ = iou_and_centre_ratio(pred, target)
     r = rci_coefficient(scores, ious, module.alpha, module.ep, module.r_max)
-    w = hcrar_weight(
-        pred, target, r, ious, r_mean=module.r_mean.value, gamma=module.gamma,
-        delta=module.delta, focusing=module.focusing, centre=module.centre, centre_ratio=ratio,
-    )  # fmt: skip
-    if kwargs.get("weight") is not None:  # the detector's own per-positive weight
-        w = w * kwargs["weight"].detach().float()
-    terms = (w * (1 - aligned_giou(pred, target))).sort(descending=True).values
+    # Each positive's term r̃ · CF_reg · (1 - GIoU) · weight, by the criterion's pure twin.
+    terms = hcrar_loss(
+        pred, target, scores, r_mean=module.r_mean.value, alpha=module.alpha, ep=module.ep,
+        gamma=module.gamma, delta=module.delta, focusing=module.focusing,
+        centre=module.centre, r_max=module.r_max, weight=kwargs.get("weight"),
+        reduction="none",
+    ).sort(descending=True).values  # fmt: skip
     total = terms.sum().clamp(min=1e-12)
     row.update(
         r_batch=float(r.mean()),
@@ -67,7 +66,7 @@ def trace(config: str, overrides: list[str], iters: int, out: Path) -> list[dict
     from torch.nn.modules.module import register_module_forward_hook
 
     from hcral.config import load_config
-    from hcral.engine.train import train
+    from hcral.engine.train import build_datasets, train
     from hcral.losses.hcrar import HCRARLoss
 
     overrides = [*overrides, f"train.max_iters={iters}", f"train.output_dir={out / 'run'}"]
@@ -84,7 +83,8 @@ def trace(config: str, overrides: list[str], iters: int, out: Path) -> list[dict
     # does: the traced run is the same run as an untraced one.
     handle = register_module_forward_hook(hook, with_kwargs=True)
     try:
-        train(cfg)  # also evaluates at the end, as `hcral train` would
+        # Only the training set: no validation pass at the end (the model is untrained).
+        train(cfg, train_set=build_datasets(cfg)[0])
     finally:
         handle.remove()
     return rows
