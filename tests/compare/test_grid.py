@@ -126,7 +126,7 @@ def test_unknown_config_key_in_cell_is_error(tmp_path, base_cfg):
 
 EXPECTED_CELLS = {
     "cls_losses.yaml": {"retinanet": 6, "atss": 6},  # the paper's five + HCRAC-focal
-    "cls_losses_short.yaml": {"atss_short": 6},
+    "cls_losses_short.yaml": {"atss_short": 6, "retinanet_short": 6},
     "focal_base.yaml": {"focal_base": 6},
     "reg_losses.yaml": {"retinanet": 6, "atss": 6},
     "eatss_l.yaml": {"eatss_l": 4},
@@ -202,6 +202,21 @@ def test_retinanet_hcrar_grid_differs_only_in_the_box_loss_and_r_max():
     plain, clamped = cells["HCRAR"]["model.reg_loss_args"], cells["HCRAR r_max=10"]
     assert {**plain, "r_max": 10.0} == clamped["model.reg_loss_args"]
     assert cells["GIoU"]["model.reg_loss_args"]["loss_weight"] == plain["loss_weight"] == 2.5
+
+
+def test_short_retinanet_focal_cell_is_the_box_loss_grid_reference(tmp_path):
+    """`--reuse-from` the box-loss grid's output fills the classification grid's FL cell."""
+    from hcral.compare.runner import _config_key
+
+    cls = {s.name: s for s in load_grid(ABLATIONS / "cls_losses_short.yaml")}["retinanet_short"]
+    reg = {s.name: s for s in load_grid(ABLATIONS / "retinanet_hcrar_short.yaml")}[
+        "retinanet_hcrar"
+    ]
+    fl, l1 = (next(c for c in s.cells if c.name == n) for s, n in ((cls, "FL"), (reg, "L1")))
+    key = _config_key(cell_config(cls, fl, 1, tmp_path / "a"))
+    assert key == _config_key(cell_config(reg, l1, 1, tmp_path / "b"))
+    hcrac = next(c for c in cls.cells if c.name == "HCRAC")  # and the cells do differ
+    assert _config_key(cell_config(cls, hcrac, 1, tmp_path / "c")) != key
 
 
 def test_ladder_is_cumulative():
