@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from pathlib import Path
 
 import pytest
 from tests.compare._fakes import (
@@ -128,7 +129,8 @@ EXPECTED_CELLS = {
     "cls_losses.yaml": {"retinanet": 6, "atss": 6},  # the paper's five + HCRAC-focal
     "cls_losses_short.yaml": {"atss_short": 6, "retinanet_short": 6},
     "focal_base.yaml": {"focal_base": 6},
-    "reg_losses.yaml": {"retinanet": 6, "atss": 6},
+    "reg_losses.yaml": {"retinanet": 7, "atss": 6},
+    "reg_losses_short.yaml": {"atss_short": 6, "retinanet_short": 8},
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
@@ -204,19 +206,30 @@ def test_retinanet_hcrar_grid_differs_only_in_the_box_loss_and_r_max():
     assert cells["GIoU"]["model.reg_loss_args"]["loss_weight"] == plain["loss_weight"] == 2.5
 
 
-def test_short_retinanet_focal_cell_is_the_box_loss_grid_reference(tmp_path):
-    """`--reuse-from` the box-loss grid's output fills the classification grid's FL cell."""
+def _short_cell(grid: str, study: str, cell: str, out: Path) -> Config:
+    (found,) = (s for s in load_grid(ABLATIONS / grid) if s.name == study)
+    return cell_config(found, next(c for c in found.cells if c.name == cell), 1, out)
+
+
+@pytest.mark.parametrize(
+    "grid, study, cell, same_as",
+    [
+        ("cls_losses_short.yaml", "retinanet_short", "FL", "L1"),
+        ("reg_losses_short.yaml", "retinanet_short", "L1", "L1"),
+        ("reg_losses_short.yaml", "retinanet_short", "GIoU", "GIoU"),
+        ("reg_losses_short.yaml", "retinanet_short", "HCRAR", "HCRAR"),
+        ("reg_losses_short.yaml", "retinanet_short", "HCRAR r_max=10", "HCRAR r_max=10"),
+    ],
+)
+def test_short_retinanet_cells_reuse_the_box_loss_grid(grid, study, cell, same_as, tmp_path):
+    """`--reuse-from` retinanet_hcrar_short.yaml's output fills these cells (same config)."""
     from hcral.compare.runner import _config_key
 
-    cls = {s.name: s for s in load_grid(ABLATIONS / "cls_losses_short.yaml")}["retinanet_short"]
-    reg = {s.name: s for s in load_grid(ABLATIONS / "retinanet_hcrar_short.yaml")}[
-        "retinanet_hcrar"
-    ]
-    fl, l1 = (next(c for c in s.cells if c.name == n) for s, n in ((cls, "FL"), (reg, "L1")))
-    key = _config_key(cell_config(cls, fl, 1, tmp_path / "a"))
-    assert key == _config_key(cell_config(reg, l1, 1, tmp_path / "b"))
-    hcrac = next(c for c in cls.cells if c.name == "HCRAC")  # and the cells do differ
-    assert _config_key(cell_config(cls, hcrac, 1, tmp_path / "c")) != key
+    key = _config_key(_short_cell(grid, study, cell, tmp_path / "a"))
+    ref = "retinanet_hcrar_short.yaml", "retinanet_hcrar"
+    assert key == _config_key(_short_cell(*ref, same_as, tmp_path / "b"))
+    other = "GIoU" if same_as != "GIoU" else "L1"  # and the cells do differ
+    assert key != _config_key(_short_cell(*ref, other, tmp_path / "c"))
 
 
 def test_ladder_is_cumulative():
