@@ -11,6 +11,12 @@ Given two trained runs, also writes ``score_vs_iou.png`` (the paper's Fig. 3 ide
 Each ``--run NAME CONFIG WEIGHTS`` builds the detector from CONFIG, loads WEIGHTS (a
 training checkpoint or a ``.safetensors`` export) and collects the score and IoU of
 its positives on the config's validation set (see :func:`hcral.viz.collect_score_iou`).
+
+Given ``--entry-run NAME CONFIG WEIGHTS`` (repeatable; runs that share a NAME, e.g. the
+seeds of one grid cell, are pooled), writes ``--entry-png`` (default
+``entry_scores.png``): histograms of the scores of background and positive
+classification entries (:func:`hcral.viz.collect_entry_scores`), and prints a Markdown
+table of them.
 """
 
 from __future__ import annotations
@@ -21,15 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _scatter_pairs(name: str, config: str, weights: str, args: argparse.Namespace):
-    import torch
-
+def _load(config: str, weights: str, device: str):
+    """(model in eval mode, validation dataset, config) of one trained run."""
     from hcral.config import load_config
     from hcral.data.coco import CocoDetection
     from hcral.data.transforms import build_transforms
     from hcral.engine.checkpoint import load_weights
     from hcral.models.build import build_model
-    from hcral.viz import collect_score_iou
 
     cfg = load_config(config)
     d = cfg.data
@@ -38,7 +42,16 @@ def _scatter_pairs(name: str, config: str, weights: str, args: argparse.Namespac
     )
     if cfg.model.num_classes == 0:
         cfg.model.num_classes = len(dataset.class_names)
-    model = load_weights(build_model(cfg.model), weights).to(args.device)
+    model = load_weights(build_model(cfg.model), weights).to(device).eval()
+    return model, dataset, cfg
+
+
+def _scatter_pairs(name: str, config: str, weights: str, args: argparse.Namespace):
+    import torch
+
+    from hcral.viz import collect_score_iou
+
+    model, dataset, cfg = _load(config, weights, args.device)
     print(f"{name}: {config} + {weights} on {len(dataset)} val images (max {args.max_images})")
     with torch.no_grad():
         return collect_score_iou(
@@ -47,8 +60,42 @@ def _scatter_pairs(name: str, config: str, weights: str, args: argparse.Namespac
             args.device,
             args.max_images,
             mode=args.mode,
-            size_divisibility=d.size_divisibility,
+            size_divisibility=cfg.data.size_divisibility,
         )
+
+
+def _entry_scores(runs: list[list[str]], args: argparse.Namespace) -> dict:
+    """name → (background scores, positive scores), pooled over the runs of a name."""
+    import numpy as np
+
+    from hcral.viz import collect_entry_scores
+
+    pooled: dict[str, list] = {}
+    for name, config, weights in runs:
+        model, dataset, cfg = _load(config, weights, args.device)
+        print(f"{name}: {weights} on {len(dataset)} val images (max {args.max_images})")
+        got = collect_entry_scores(
+            model, dataset, args.device, args.max_images, cfg.data.size_divisibility
+        )
+        pooled.setdefault(name, []).append(got)
+    return {
+        name: tuple(np.concatenate([g[k] for g in groups]) for k in (0, 1))
+        for name, groups in pooled.items()
+    }
+
+
+def entry_table(scores: dict) -> str:
+    """Markdown: per name, the background mean and shares above 0.05 / 0.3, positives' mean."""
+    lines = [
+        "| detector | background entries | mean | > 0.05 | > 0.3 | positive entries | mean |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, (bg, pos) in scores.items():
+        lines.append(
+            f"| {name} | {len(bg)} | {bg.mean():.3f} | {(bg > 0.05).mean():.1%} "
+            f"| {(bg > 0.3).mean():.2%} | {len(pos)} | {pos.mean():.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,12 +109,21 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("NAME", "CONFIG", "WEIGHTS"),
         help="a trained detector for the score-vs-IoU figure (give two: baseline, HCRAL)",
     )
+    parser.add_argument(
+        "--entry-run",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "CONFIG", "WEIGHTS"),
+        help="a trained detector for the entry-score histograms (runs sharing NAME are pooled)",
+    )
+    parser.add_argument("--entry-png", default="entry_scores.png")
     parser.add_argument("--max-images", type=int, default=200)
     parser.add_argument("--mode", default="auto", choices=["auto", "assigned", "detections"])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from hcral.viz import plot_score_vs_iou, plot_weight_functions
+    from hcral.viz import plot_entry_scores, plot_score_vs_iou, plot_weight_functions
 
     out = args.out / "weight_functions.png"
     plot_weight_functions(out)
@@ -76,6 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         pairs = {name: _scatter_pairs(name, cfg, w, args) for name, cfg, w in args.run}
         out = args.out / "score_vs_iou.png"
         plot_score_vs_iou(pairs, out)
+        print(f"wrote {out}")
+    if args.entry_run:
+        scores = _entry_scores(args.entry_run, args)
+        out = args.out / args.entry_png
+        plot_entry_scores(scores, out)
+        print(entry_table(scores))
         print(f"wrote {out}")
 
 

@@ -24,7 +24,6 @@ which SPEC's optional clamp ``r_max`` is for.
 from __future__ import annotations
 
 import argparse
-import csv
 import textwrap
 from pathlib import Path
 
@@ -63,9 +62,8 @@ def _stats(module, args, kwargs, output) -> dict[str, float]:
 
 def trace(config: str, overrides: list[str], iters: int, out: Path) -> list[dict[str, float]]:
     """Train ``iters`` iterations of ``config`` and return one trace row per iteration."""
-    from torch.nn.modules.module import register_module_forward_hook
-
     from hcral.config import load_config
+    from hcral.engine.trace import record_calls
     from hcral.engine.train import build_datasets, train
     from hcral.losses.hcrar import HCRARLoss
 
@@ -73,20 +71,9 @@ def trace(config: str, overrides: list[str], iters: int, out: Path) -> list[dict
     cfg = load_config(config, overrides)
     if cfg.model.reg_loss != "hcrar":
         raise SystemExit(f"{config}: model.reg_loss is {cfg.model.reg_loss!r}, not 'hcrar'")
-    rows: list[dict[str, float]] = []
-
-    def hook(module, args, kwargs, output):
-        if isinstance(module, HCRARLoss) and module.training:
-            rows.append({"iter": len(rows) + 1, **_stats(module, args, kwargs, output)})
-
-    # A global hook, so that train() builds and seeds the model exactly as `hcral train`
-    # does: the traced run is the same run as an untraced one.
-    handle = register_module_forward_hook(hook, with_kwargs=True)
-    try:
+    with record_calls(lambda m: isinstance(m, HCRARLoss), _stats) as rows:
         # Only the training set: no validation pass at the end (the model is untrained).
         train(cfg, train_set=build_datasets(cfg)[0])
-    finally:
-        handle.remove()
     return rows
 
 
@@ -126,12 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", help="figure title (default: the config and --set values)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    from hcral.engine.trace import write_rows
+
     rows = trace(args.config, args.overrides, args.iters, args.out)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(args.out / "trace.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out / "trace.csv")
     title = args.title or textwrap.fill(f"{args.config} {' '.join(args.overrides)}", 110)
     _plot(rows, args.out / "trace.png", title)
     print(f"wrote {args.out / 'trace.csv'} and trace.png ({len(rows)} iterations)")

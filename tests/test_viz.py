@@ -193,6 +193,55 @@ def test_collect_score_iou_assigned_uses_the_assigner(device):
     viz.collect_score_iou(model, data, device, mode="detections", min_iou=0.0)
 
 
+def _small_retinanet(device):
+    build = pytest.importorskip("hcral.models.build")
+    from hcral.config import ModelConfig
+
+    cfg = ModelConfig(name="retinanet", num_classes=3, fpn_channels=64, num_convs=1)
+    torch.manual_seed(0)
+    return build.build_model(cfg).to(device)
+
+
+def test_collect_entry_scores_splits_every_valid_entry(device):
+    model = _small_retinanet(device)
+    # Two GTs of classes 1 and 2; RetinaNet anchors overlap each with IoU > 0.5, and
+    # anchors with IoU in [0.4, 0.5) are ignored.
+    boxes = torch.tensor([[32.0, 32.0, 96.0, 96.0], [120.0, 100.0, 200.0, 140.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([1, 2])}
+    data = [(torch.rand(3, 250, 256), target)] * 2
+    background, positive = viz.collect_entry_scores(model, data, device)
+    image = torch.nn.functional.pad(data[0][0], (0, 0, 0, 6))[None].to(device)
+    with torch.no_grad():
+        cls, _, assign, _ = viz._assigned_forward(model.eval(), image, [(250, 256)], target)
+    labels = assign.labels[0]
+    valid, pos = int((labels >= 0).sum()), int(((labels >= 0) & (labels < 3)).sum())
+    assert 0 < pos and (labels == -1).any()  # the case has positives and ignored priors
+    assert len(positive) == 2 * pos and len(background) == 2 * (valid * 3 - pos)
+    # The positive entries are exactly the assigned positives' own-class scores.
+    own, _ = viz.collect_score_iou(model, data, device, mode="assigned")
+    assert np.sort(positive) == pytest.approx(np.sort(own))
+    # Image 0's background, rebuilt by hand: all classes of negative priors, the two
+    # other classes of each positive prior, in prior order.
+    probs, lab = cls[0].sigmoid().cpu(), labels.cpu()
+    rows = [p[[c for c in range(3) if c != int(k)]] for p, k in zip(probs, lab) if k >= 0]
+    assert background[: len(background) // 2] == pytest.approx(torch.cat(rows).numpy(), abs=1e-6)
+    assert viz.collect_entry_scores(model, data, device, max_images=1)[1].shape == (pos,)
+
+
+def test_plot_entry_scores_shares(tmp_path):
+    out = tmp_path / "scores.png"
+    shares = viz.plot_entry_scores(
+        {"a": (np.array([0.01, 0.02, 0.03, 0.55]), torch.tensor([0.95, 0.15]))}, out, bins=10
+    )
+    assert out.stat().st_size > 5_000
+    assert shares["a"][0] == pytest.approx([0.75, 0, 0, 0, 0, 0.25, 0, 0, 0, 0])
+    assert shares["a"][1] == pytest.approx([0, 0.5, 0, 0, 0, 0, 0, 0, 0, 0.5])
+    with pytest.raises(ValueError, match="no positive scores"):
+        viz.plot_entry_scores({"b": (np.ones(3), np.zeros(0))}, out)
+    with pytest.raises(ValueError, match="scores_by_name"):
+        viz.plot_entry_scores({}, out)
+
+
 def test_make_figures_script_writes_weight_figure(tmp_path):
     import importlib.util
     from pathlib import Path
@@ -204,3 +253,16 @@ def test_make_figures_script_writes_weight_figure(tmp_path):
     module.main(["--out", str(tmp_path)])
     assert (tmp_path / "weight_functions.png").stat().st_size > 10_000
     assert not (tmp_path / "score_vs_iou.png").exists()  # no --run given
+
+
+def test_make_figures_entry_table():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_figures.py"
+    spec = importlib.util.spec_from_file_location("make_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bg, pos = np.array([0.01, 0.04, 0.1, 0.5]), np.array([0.2, 0.6])
+    lines = module.entry_table({"HCRAC": (bg, pos)}).splitlines()
+    assert lines[2] == "| HCRAC | 4 | 0.163 | 50.0% | 25.00% | 2 | 0.400 |"

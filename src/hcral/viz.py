@@ -1,5 +1,5 @@
 """Figures: HCRAL's weight functions, score-vs-IoU scatter (paper Fig. 3), AP bar plots,
-IoU histograms of assigned positives.
+IoU histograms of assigned positives, score histograms of background and positive entries.
 
 Every plot uses matplotlib's Agg backend (no display needed) and writes a PNG. The
 curve data are computed by pure functions (:func:`weight_function_curves`) so tests can
@@ -275,20 +275,31 @@ def collect_score_iou(
     return torch.cat(scores).numpy(), torch.cat(ious).numpy()
 
 
-def _assigned_pairs(
-    model: Any, images: Tensor, image_sizes: list[tuple[int, int]], target: dict, _min_iou: float
-) -> tuple[Tensor, Tensor]:
-    """(P,) scores and IoUs of the priors the model's assigner makes positive."""
-    from hcral.boxes import aligned_iou
+def _assigned_forward(
+    model: Any, images: Tensor, image_sizes: list[tuple[int, int]], target: dict
+) -> tuple[Tensor, Tensor, Any, Any]:
+    """The training forward up to the assignment (DenseDetector.forward / .losses).
+
+    Returns the logits ``(1, R, C)``, decoded boxes ``(1, R, 4)``, the
+    :class:`~hcral.assigners.AssignResult` and the padded ground truths.
+    """
     from hcral.models.detector import flatten_levels, pad_targets
 
-    # The training forward up to the assignment (DenseDetector.forward / .losses).
     out = model.head(model.fpn(model.backbone(model.preprocess(images, image_sizes))))
     priors = model.priors([m.shape[-2:] for m in out.cls_logits], images.device)
     cls = flatten_levels(out.cls_logits, model.num_classes).float()  # (1, R, C)
     boxes = model.decode_boxes(flatten_levels(out.box_reg, 4).float(), priors)  # (1, R, 4)
     gt = pad_targets([target], model.num_classes, images.device)
-    assign = model.assign(priors, gt, boxes)
+    return cls, boxes, model.assign(priors, gt, boxes), gt
+
+
+def _assigned_pairs(
+    model: Any, images: Tensor, image_sizes: list[tuple[int, int]], target: dict, _min_iou: float
+) -> tuple[Tensor, Tensor]:
+    """(P,) scores and IoUs of the priors the model's assigner makes positive."""
+    from hcral.boxes import aligned_iou
+
+    cls, boxes, assign, gt = _assigned_forward(model, images, image_sizes, target)
     img, prior = assign.pos_mask.nonzero(as_tuple=True)
     labels = assign.labels[img, prior]
     target_boxes = gt.boxes[img, assign.gt_inds[img, prior]]
@@ -311,6 +322,95 @@ def _detection_pairs(
     best = iou.masked_fill(~same, -1.0).amax(dim=1)  # (K,)
     keep = best >= min_iou
     return det["scores"][keep], best[keep]
+
+
+# --------------------------------------------------------------------------- entry scores
+
+
+@torch.no_grad()
+def collect_entry_scores(
+    model: torch.nn.Module,
+    dataset: Any,
+    device: torch.device | str,
+    max_images: int = 100,
+    size_divisibility: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores of the classification entries a trained detector's loss sees.
+
+    The model's own assigner labels the priors of each image as in training. An entry
+    is one (prior, class) pair: it is *positive* for a positive prior's own class, and
+    *background* (target 0) for every class of a negative prior and the other classes
+    of a positive prior. Ignored priors (label −1) are left out. A classifier that
+    separates objects from background keeps nearly all background entries below the
+    inference score threshold (0.05 in the shipped configs).
+
+    Args:
+        model: a trained :class:`~hcral.models.detector.DenseDetector`; put in eval mode.
+        dataset: as for :func:`collect_score_iou`.
+        device: where to run.
+        max_images: images to use (≤ 0: all).
+        size_divisibility: images are zero-padded to a multiple of this.
+    Returns:
+        (background (B,), positive (P,)) float32 score arrays over all images.
+    """
+    model.eval()
+    n = len(dataset) if max_images <= 0 else min(len(dataset), max_images)
+    background, positive = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
+    for i in range(n):
+        image, target = dataset[i]
+        h, w = image.shape[-2:]
+        pad = ((-w) % size_divisibility, (-h) % size_divisibility)
+        batch = torch.nn.functional.pad(image, (0, pad[0], 0, pad[1]))[None].to(device)
+        cls, _, assign, _ = _assigned_forward(model, batch, [(h, w)], target)
+        labels = assign.labels[0]  # (R,) 0..C-1 positive, C background, -1 ignored
+        valid = labels >= 0
+        scores = cls[0, valid].sigmoid()  # (R', C)
+        own = torch.nn.functional.one_hot(labels[valid], cls.shape[-1] + 1)[:, :-1].bool()
+        background.append(scores[~own].cpu().numpy())
+        positive.append(scores[own].cpu().numpy())
+    return np.concatenate(background), np.concatenate(positive)
+
+
+def plot_entry_scores(
+    scores_by_name: Mapping[str, tuple[Any, Any]], out_png: str | Path, bins: int = 20
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Histograms of background and positive entry scores, one line per detector.
+
+    Left panel: the share of background entries per score bin (log scale, so the rare
+    confident false positives show); right panel: the same for positive entries.
+
+    Args:
+        scores_by_name: name → (background scores (B,), positive scores (P,)) in [0, 1],
+            as :func:`collect_entry_scores` returns them.
+        out_png: output file.
+        bins: equal-width bins over [0, 1].
+    Returns:
+        name → (background shares (bins,), positive shares (bins,)), each summing to 1.
+    """
+    if not scores_by_name:
+        raise ValueError("scores_by_name: need at least one (background, positive) pair")
+    plt = _pyplot()
+    fig, (ax_bg, ax_pos) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    shares = {}
+    for name, groups in scores_by_name.items():
+        pair = []
+        for kind, values in zip(("background", "positive"), groups):
+            v = _as_numpy(values)
+            if v.ndim != 1 or not len(v):
+                raise ValueError(f"scores_by_name[{name!r}]: no {kind} scores (shape {v.shape})")
+            pair.append(np.histogram(np.clip(v, 0.0, 1.0), edges)[0] / len(v))
+        shares[name] = (pair[0], pair[1])
+        above = float((_as_numpy(groups[0]) > 0.05).mean())
+        ax_bg.stairs(pair[0], edges, label=f"{name} ({above:.1%} > 0.05)")
+        ax_pos.stairs(pair[1], edges, label=f"{name} (mean {_as_numpy(groups[1]).mean():.2f})")
+    ax_bg.set(yscale="log", xlabel="score", ylabel="share of background entries")
+    ax_pos.set(xlabel="score", ylabel="share of positive entries")
+    for ax in (ax_bg, ax_pos):
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8)
+    _save(fig, out_png)
+    return shares
 
 
 # --------------------------------------------------------------------------- AP bars
