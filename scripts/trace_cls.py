@@ -23,10 +23,6 @@ It shows when, during training, a loss lets the background scores rise
 
 from __future__ import annotations
 
-import argparse
-import textwrap
-from pathlib import Path
-
 
 def _stats(module, args, kwargs, output) -> dict[str, float]:
     """One row of the trace from one criterion call: logits (P, C), labels (P,) in 0..C."""
@@ -62,64 +58,25 @@ def _is_cls_criterion(module) -> bool:
     return False
 
 
-def trace(config: str, overrides: list[str], iters: int, out: Path) -> list[dict[str, float]]:
-    """Train ``iters`` iterations of ``config`` and return one trace row per iteration."""
-    from hcral.config import load_config
-    from hcral.engine.trace import record_calls
-    from hcral.engine.train import build_datasets, train
-
-    overrides = [*overrides, f"train.max_iters={iters}", f"train.output_dir={out / 'run'}"]
-    cfg = load_config(config, overrides)
-    with record_calls(_is_cls_criterion, _stats) as rows:
-        # Only the training set: no validation pass at the end.
-        train(cfg, train_set=build_datasets(cfg)[0])
-    return rows
-
-
-def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    it = [r["iter"] for r in rows]
-    nan = float("nan")
-    fig, axes = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    axes[0].plot(it, [r["loss"] for r in rows], label="classification loss")
-    axes[0].set_yscale("log")
-    for key, label in (
-        ("bg_gt_0.05", "background entries > 0.05"),
-        ("bg_gt_0.3", "background entries > 0.3"),
-        ("bg_mean", "mean background score"),
-        ("pos_mean", "mean positive score"),
-    ):
-        axes[1].plot(it, [r.get(key, nan) for r in rows], label=label)
-    axes[1].set(xlabel="iteration", ylim=(0, 1))
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0].set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+PANELS = [
+    ([("loss", "classification loss")], {"yscale": "log"}),
+    (
+        [
+            ("bg_gt_0.05", "background entries > 0.05"),
+            ("bg_gt_0.3", "background entries > 0.3"),
+            ("bg_mean", "mean background score"),
+            ("pos_mean", "mean positive score"),
+        ],
+        {"ylim": (0, 1)},
+    ),
+]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hcral.engine.trace import write_rows
+    from hcral.engine.trace import trace_script
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config")
-    parser.add_argument("--iters", type=int, default=360)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--title", help="figure title (default: the config and --set values)")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = trace(args.config, args.overrides, args.iters, args.out)
-    write_rows(rows, args.out / "trace.csv")
-    title = args.title or textwrap.fill(f"{args.config} {' '.join(args.overrides)}", 110)
-    _plot(rows, args.out / "trace.png", title)
-    print(f"wrote {args.out / 'trace.csv'} and trace.png ({len(rows)} iterations)")
+    description = __doc__.split("\n\n")[0]
+    trace_script(argv, description, _is_cls_criterion, _stats, PANELS, default_iters=360)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,6 @@ which SPEC's optional clamp ``r_max`` is for.
 
 from __future__ import annotations
 
-import argparse
-import textwrap
-from pathlib import Path
-
 
 def _stats(module, args, kwargs, output) -> dict[str, float]:
     """One row of the trace from one HCRAR call (after its r̄ update)."""
@@ -60,66 +56,39 @@ def _stats(module, args, kwargs, output) -> dict[str, float]:
     return row
 
 
-def trace(config: str, overrides: list[str], iters: int, out: Path) -> list[dict[str, float]]:
-    """Train ``iters`` iterations of ``config`` and return one trace row per iteration."""
-    from hcral.config import load_config
-    from hcral.engine.trace import record_calls
-    from hcral.engine.train import build_datasets, train
+PANELS = [
+    ([("loss", "HCRAR loss")], {"yscale": "log"}),
+    (
+        [("r_batch", "batch mean r"), ("r_bar", "r̄ (EMA)"), ("rt_max", "max r̃")],
+        {"yscale": "log"},
+    ),
+    (
+        [
+            ("top1_share", "top-1 share"),
+            ("top5_share", "top-5 share"),
+            ("frac_u_lt_0.1", "IoU < 0.1"),
+        ],
+        {},
+    ),
+]
+
+
+def _is_hcrar(module) -> bool:
     from hcral.losses.hcrar import HCRARLoss
 
-    overrides = [*overrides, f"train.max_iters={iters}", f"train.output_dir={out / 'run'}"]
-    cfg = load_config(config, overrides)
+    return isinstance(module, HCRARLoss)
+
+
+def _check(cfg) -> None:
     if cfg.model.reg_loss != "hcrar":
-        raise SystemExit(f"{config}: model.reg_loss is {cfg.model.reg_loss!r}, not 'hcrar'")
-    with record_calls(lambda m: isinstance(m, HCRARLoss), _stats) as rows:
-        # Only the training set: no validation pass at the end (the model is untrained).
-        train(cfg, train_set=build_datasets(cfg)[0])
-    return rows
-
-
-def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    it = [r["iter"] for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(7, 7.5), sharex=True)
-    axes[0].plot(it, [r["loss"] for r in rows], label="HCRAR loss")
-    axes[0].set_yscale("log")
-    axes[1].plot(it, [r.get("r_batch", float("nan")) for r in rows], label="batch mean r")
-    axes[1].plot(it, [r["r_bar"] for r in rows], label="r̄ (EMA)")
-    axes[1].plot(it, [r.get("rt_max", float("nan")) for r in rows], label="max r̃", alpha=0.6)
-    axes[1].set_yscale("log")
-    axes[2].plot(it, [r.get("top1_share", float("nan")) for r in rows], label="top-1 share")
-    axes[2].plot(it, [r.get("top5_share", float("nan")) for r in rows], label="top-5 share")
-    axes[2].plot(it, [r.get("frac_u_lt_0.1", float("nan")) for r in rows], label="IoU < 0.1")
-    axes[2].set_xlabel("iteration")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0].set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        raise SystemExit(f"model.reg_loss is {cfg.model.reg_loss!r}, not 'hcrar'")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config")
-    parser.add_argument("--iters", type=int, default=160)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--title", help="figure title (default: the config and --set values)")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    from hcral.engine.trace import write_rows
+    from hcral.engine.trace import trace_script
 
-    rows = trace(args.config, args.overrides, args.iters, args.out)
-    write_rows(rows, args.out / "trace.csv")
-    title = args.title or textwrap.fill(f"{args.config} {' '.join(args.overrides)}", 110)
-    _plot(rows, args.out / "trace.png", title)
-    print(f"wrote {args.out / 'trace.csv'} and trace.png ({len(rows)} iterations)")
+    description = __doc__.split("\n\n")[0]
+    trace_script(argv, description, _is_hcrar, _stats, PANELS, default_iters=160, check=_check)
 
 
 if __name__ == "__main__":

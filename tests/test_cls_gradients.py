@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from tests._scripts import load_script, tiny_config
 
-from hcral.config import Config
-from hcral.data.sample import make_sample
 from hcral.engine.train import build_datasets, train
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cls_gradients.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("cls_gradients", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cls_gradients")
 
 
 def test_entry_gradients_split_by_hand(script):
@@ -51,13 +43,8 @@ def test_entry_gradients_of_focal_loss(script):
 
 
 def test_measure_a_trained_run(script, tmp_path):
-    paths = make_sample(tmp_path / "data", num_train=4, num_val=1, image_size=128)
-    cfg = Config()
-    for key, value in paths.items():
-        setattr(cfg.data, key, value)
-    cfg.data.min_size, cfg.data.max_size = [128], 128
-    cfg.model.fpn_channels, cfg.model.num_convs = 32, 1
-    cfg.train.batch_size, cfg.train.max_iters = 2, 1
+    cfg = tiny_config(tmp_path)
+    cfg.train.max_iters = 1
     cfg.train.output_dir = str(tmp_path / "run")
     train(cfg, train_set=build_datasets(cfg)[0])  # a run folder: config.yaml + last.pt
     got = script.measure(tmp_path / "run", batches=2)

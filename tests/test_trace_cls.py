@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
+from tests._scripts import load_script, run_trace, tiny_config
 
-from hcral.config import Config
-from hcral.data.sample import make_sample
-from hcral.engine.logging import read_csv
 from hcral.losses import build_cls_loss
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "trace_cls.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("trace_cls", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("trace_cls")
 
 
 def test_stats_by_hand(script):
@@ -54,23 +42,11 @@ def test_every_classification_loss_is_traced(script, name):
 
 
 def test_trace_records_the_run_it_trains(script, tmp_path):
-    paths = make_sample(tmp_path / "data", num_train=4, num_val=1, image_size=128)
-    cfg = Config()
-    for key, value in paths.items():
-        setattr(cfg.data, key, value)
-    cfg.data.min_size, cfg.data.max_size = [128], 128
-    cfg.model.fpn_channels, cfg.model.num_convs, cfg.model.cls_loss = 32, 1, "ghm"
+    cfg = tiny_config(tmp_path)
+    cfg.model.cls_loss = "ghm"
     cfg.model.cls_loss_args = {}
-    cfg.train.batch_size, cfg.train.log_every = 2, 1
-    config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump(cfg.to_dict()))
-
-    script.main([str(config), "--iters", "3", "--out", str(tmp_path / "trace")])
-    with open(tmp_path / "trace" / "trace.csv") as f:
-        rows = list(csv.DictReader(f))
-    logged = read_csv(tmp_path / "trace" / "run" / "log.csv")
+    rows, logged = run_trace(script, cfg, tmp_path)
     assert [int(r["iter"]) for r in rows] == [1, 2, 3] == [int(r["iter"]) for r in logged]
     for row, log_row in zip(rows, logged):  # the criterion of the very steps logged
         assert float(row["loss"]) == pytest.approx(log_row["loss_cls"], rel=1e-5)
         assert 0.0 <= float(row["bg_gt_0.3"]) <= float(row["bg_gt_0.05"]) <= 1.0
-    assert (tmp_path / "trace" / "trace.png").stat().st_size > 10_000

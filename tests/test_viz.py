@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests._scripts import load_script
 from torch import nn
 
 from hcral import viz
@@ -243,26 +244,29 @@ def test_plot_entry_scores_shares(tmp_path):
 
 
 def test_make_figures_script_writes_weight_figure(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_figures.py"
-    spec = importlib.util.spec_from_file_location("make_figures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_figures")
     module.main(["--out", str(tmp_path)])
     assert (tmp_path / "weight_functions.png").stat().st_size > 10_000
     assert not (tmp_path / "score_vs_iou.png").exists()  # no --run given
 
 
 def test_make_figures_entry_table():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_figures.py"
-    spec = importlib.util.spec_from_file_location("make_figures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_figures")
     bg, pos = np.array([0.01, 0.04, 0.1, 0.5]), np.array([0.2, 0.6])
     lines = module.entry_table({"HCRAC": (bg, pos)}).splitlines()
     assert lines[2] == "| HCRAC | 4 | 0.163 | 50.0% | 25.00% | 2 | 0.400 |"
+
+
+def test_plot_trace_lines_and_gaps(tmp_path, monkeypatch):
+    figs = _capture(monkeypatch)
+    rows = [{"iter": 1, "a": 2.0, "b": 1.0}, {"iter": 2, "a": 3.0}]
+    panels = [([("a", "A")], {"yscale": "log"}), ([("b", "B"), ("a", "A again")], {})]
+    viz.plot_trace(rows, panels, tmp_path / "t.png", "title")
+    assert (tmp_path / "t.png").stat().st_size > 5_000
+    top, bottom = figs[0].axes
+    assert top.get_yscale() == "log" and top.get_title() == "title"
+    assert list(top.lines[0].get_ydata()) == [2.0, 3.0]
+    b = bottom.lines[0].get_ydata()
+    assert b[0] == 1.0 and math.isnan(b[1])  # row 2 has no "b"
+    with pytest.raises(ValueError, match="rows"):
+        viz.plot_trace([], panels, tmp_path / "x.png")

@@ -9,7 +9,7 @@ check the plotted values against SPEC §2–3 at hand-computed points.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +214,23 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _one_by_one(
+    dataset: Any, max_images: int, size_divisibility: int, device: torch.device | str
+) -> Iterator[tuple[Tensor, tuple[int, int], dict]]:
+    """``(image (1, 3, H', W') zero-padded to the divisibility, (h, w), target)`` for the
+    first ``max_images`` items of ``dataset`` (all when ``max_images`` ≤ 0)."""
+    n = len(dataset) if max_images <= 0 else min(len(dataset), max_images)
+    for i in range(n):
+        image, target = dataset[i]
+        h, w = image.shape[-2:]
+        pad = ((-w) % size_divisibility, (-h) % size_divisibility)
+        yield (
+            torch.nn.functional.pad(image, (0, pad[0], 0, pad[1]))[None].to(device),
+            (h, w),
+            target,
+        )
+
+
 @torch.no_grad()
 def collect_score_iou(
     model: torch.nn.Module,
@@ -260,14 +277,9 @@ def collect_score_iou(
         raise ValueError(f"mode 'assigned' needs a DenseDetector, got {type(model).__name__}")
     pairs = _assigned_pairs if mode == "assigned" else _detection_pairs
     model.eval()
-    n = len(dataset) if max_images <= 0 else min(len(dataset), max_images)
     scores, ious = [], []
-    for i in range(n):
-        image, target = dataset[i]
-        h, w = image.shape[-2:]
-        pad = ((-w) % size_divisibility, (-h) % size_divisibility)
-        batch = torch.nn.functional.pad(image, (0, pad[0], 0, pad[1]))[None].to(device)
-        s, u = pairs(model, batch, [(h, w)], target, min_iou)
+    for batch, size, target in _one_by_one(dataset, max_images, size_divisibility, device):
+        s, u = pairs(model, batch, [size], target, min_iou)
         scores.append(s.float().cpu())
         ious.append(u.float().cpu())
     if not scores:
@@ -354,14 +366,9 @@ def collect_entry_scores(
         (background (B,), positive (P,)) float32 score arrays over all images.
     """
     model.eval()
-    n = len(dataset) if max_images <= 0 else min(len(dataset), max_images)
     background, positive = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
-    for i in range(n):
-        image, target = dataset[i]
-        h, w = image.shape[-2:]
-        pad = ((-w) % size_divisibility, (-h) % size_divisibility)
-        batch = torch.nn.functional.pad(image, (0, pad[0], 0, pad[1]))[None].to(device)
-        cls, _, assign, _ = _assigned_forward(model, batch, [(h, w)], target)
+    for batch, size, target in _one_by_one(dataset, max_images, size_divisibility, device):
+        cls, _, assign, _ = _assigned_forward(model, batch, [size], target)
         labels = assign.labels[0]  # (R,) 0..C-1 positive, C background, -1 ignored
         valid = labels >= 0
         scores = cls[0, valid].sigmoid()  # (R', C)
@@ -411,6 +418,38 @@ def plot_entry_scores(
         ax.legend(fontsize=8)
     _save(fig, out_png)
     return shares
+
+
+# --------------------------------------------------------------------------- traces
+
+
+def plot_trace(
+    rows: Sequence[Mapping[str, float]],
+    panels: Sequence[tuple[Sequence[tuple[str, str]], Mapping[str, Any]]],
+    out_png: str | Path,
+    title: str = "",
+) -> None:
+    """Per-iteration values, one panel per ``(lines, axis settings)`` of ``panels``.
+
+    Each line ``(key, label)`` plots ``row[key]`` against ``row["iter"]`` (a gap where a
+    row lacks the key); the axis settings go to ``Axes.set`` (e.g. ``{"yscale": "log"}``).
+    """
+    if not rows:
+        raise ValueError("rows: nothing to plot")
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True)
+    axes = np.atleast_1d(axes)
+    it = [r["iter"] for r in rows]
+    for ax, (lines, settings) in zip(axes, panels):
+        for key, label in lines:
+            ax.plot(it, [r.get(key, math.nan) for r in rows], label=label)
+        ax.set(**settings)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("iteration")
+    axes[0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
 
 
 # --------------------------------------------------------------------------- AP bars

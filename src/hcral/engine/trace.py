@@ -47,3 +47,62 @@ def write_rows(rows: Sequence[dict], path: str | Path) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def traced_run(
+    config: str,
+    overrides: list[str],
+    iters: int,
+    out: Path,
+    select: Callable[[nn.Module], bool],
+    stats: Stats,
+    check: Callable[[Any], None] | None = None,
+) -> list[dict]:
+    """Train ``iters`` iterations of ``config`` (with ``overrides``) into ``out/run`` and
+    return the rows :func:`record_calls` made; ``check(cfg)`` may refuse the config first.
+
+    Only the training set is loaded: there is no validation pass at the end.
+    """
+    from hcral.config import load_config
+    from hcral.engine.train import build_datasets, train
+
+    overrides = [*overrides, f"train.max_iters={iters}", f"train.output_dir={out / 'run'}"]
+    cfg = load_config(config, overrides)
+    if check is not None:
+        check(cfg)
+    with record_calls(select, stats) as rows:
+        train(cfg, train_set=build_datasets(cfg)[0])
+    return rows
+
+
+def trace_script(
+    argv: list[str] | None,
+    description: str,
+    select: Callable[[nn.Module], bool],
+    stats: Stats,
+    panels: Sequence[tuple[Sequence[tuple[str, str]], dict[str, Any]]],
+    default_iters: int,
+    check: Callable[[Any], None] | None = None,
+) -> None:
+    """The command line of the ``scripts/trace_*.py``: ``CONFIG [--iters N] [--set K=V]
+    --out DIR [--title T]``. Trains with :func:`traced_run`, writes the rows to
+    ``DIR/trace.csv`` and draws ``panels`` of them to ``DIR/trace.png``
+    (:func:`hcral.viz.plot_trace`)."""
+    import argparse
+    import textwrap
+
+    from hcral.viz import plot_trace
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config")
+    parser.add_argument("--iters", type=int, default=default_iters)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", help="figure title (default: the config and --set values)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = traced_run(args.config, args.overrides, args.iters, args.out, select, stats, check)
+    write_rows(rows, args.out / "trace.csv")
+    title = args.title or textwrap.fill(f"{args.config} {' '.join(args.overrides)}", 110)
+    plot_trace(rows, panels, args.out / "trace.png", title)
+    print(f"wrote {args.out / 'trace.csv'} and trace.png ({len(rows)} iterations)")
