@@ -82,6 +82,27 @@ def test_g_equal_one_goes_to_last_bin():
     assert scores.tolist() == [1.0, 0.0]
 
 
+def test_constant_score_is_best_at_one_half_whatever_the_class_ratio():
+    """Every occupied bin weighs the same, so a bias-only classifier is pulled to 0.5:
+    the loss is ½(−log p) + ½(−log(1 − p)) once positives and background sit in
+    different bins, whatever their numbers (BCE's best constant is the positive share).
+    This is why GHM-C lets background scores rise (docs/results.md §15)."""
+    for pos, bg in ((10, 3710), (10, 10), (100, 10)):
+        labels = torch.cat([torch.zeros(pos), torch.ones(bg)]).long()  # C = 1: 1 = background
+        target = torch.cat([torch.ones(pos, 1), torch.zeros(bg, 1)])
+        probs = torch.linspace(0.005, 0.995, 199)
+        ghm = [
+            float(ghmc_loss(torch.full((pos + bg, 1), math.log(p / (1 - p))), labels))
+            for p in probs
+        ]
+        bce = [float(F.binary_cross_entropy(torch.full_like(target, p), target)) for p in probs]
+        assert float(probs[min(range(199), key=ghm.__getitem__)]) == pytest.approx(0.5)
+        assert min(ghm) == pytest.approx(math.log(2), rel=1e-5)
+        assert float(probs[min(range(199), key=bce.__getitem__)]) == pytest.approx(
+            pos / (pos + bg), abs=0.005
+        )
+
+
 def test_reductions_agree_and_gradient_is_weighted_bce(device):
     logits, labels = _batch(device=device)
     none = ghmc_loss(logits, labels, reduction="none")
