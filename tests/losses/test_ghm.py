@@ -101,6 +101,19 @@ def test_constant_score_is_best_at_one_half_whatever_the_class_ratio():
         assert float(probs[min(range(199), key=bce.__getitem__)]) == pytest.approx(
             pos / (pos + bg), abs=0.005
         )
+    # Focal loss (α = 0.25, γ = 2) at 1 positive per 371 background entries: about 0.07.
+    from torchvision.ops import sigmoid_focal_loss
+
+    target = torch.cat([torch.ones(10, 1), torch.zeros(3710, 1)])
+    focal = [
+        float(
+            sigmoid_focal_loss(
+                torch.full_like(target, math.log(p / (1 - p))), target, 0.25, 2.0, "sum"
+            )
+        )
+        for p in probs
+    ]
+    assert float(probs[min(range(199), key=focal.__getitem__)]) == pytest.approx(0.07, abs=0.005)
 
 
 def test_reductions_agree_and_gradient_is_weighted_bce(device):
