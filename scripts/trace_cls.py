@@ -23,14 +23,17 @@ It shows when, during training, a loss lets the background scores rise
 
 from __future__ import annotations
 
+import functools
+
 
 def _stats(module, args, kwargs, output) -> dict[str, float]:
     """One row of the trace from one criterion call: logits (P, C), labels (P,) in 0..C."""
     import torch
 
+    from hcral.losses._reduce import one_hot_targets
+
     logits, labels = args[0].detach().float(), args[1]
-    num_classes = logits.shape[1]
-    own = torch.nn.functional.one_hot(labels.long(), num_classes + 1)[:, :-1].bool()
+    own = one_hot_targets(labels, logits.shape[1]).bool()
     scores = logits.sigmoid()
     bg, pos = scores[~own], scores[own]
     loss = output.detach() if isinstance(output, torch.Tensor) else output
@@ -47,15 +50,16 @@ def _stats(module, args, kwargs, output) -> dict[str, float]:
 
 
 def _is_cls_criterion(module) -> bool:
-    import importlib
+    return isinstance(module, _cls_criteria())
 
-    from hcral.losses import CLS_LOSSES
 
-    for entry in CLS_LOSSES.values():
-        name, cls = entry.split(":")
-        if isinstance(module, getattr(importlib.import_module(f"hcral.losses.{name}"), cls)):
-            return True
-    return False
+@functools.cache
+def _cls_criteria() -> tuple[type, ...]:
+    """The classes of ``hcral.losses.CLS_LOSSES``, resolved once: the global hook asks
+    for every module of every forward pass."""
+    from hcral.losses import CLS_LOSSES, loss_class
+
+    return tuple(loss_class(CLS_LOSSES, name) for name in CLS_LOSSES)
 
 
 PANELS = [

@@ -73,12 +73,6 @@ PANELS = [
 ]
 
 
-def _is_hcrar(module) -> bool:
-    from hcral.losses.hcrar import HCRARLoss
-
-    return isinstance(module, HCRARLoss)
-
-
 def _check(cfg) -> None:
     if cfg.model.reg_loss != "hcrar":
         raise SystemExit(f"model.reg_loss is {cfg.model.reg_loss!r}, not 'hcrar'")
@@ -86,9 +80,11 @@ def _check(cfg) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from hcral.engine.trace import trace_script
+    from hcral.losses.hcrar import HCRARLoss
 
     description = __doc__.split("\n\n")[0]
-    trace_script(argv, description, _is_hcrar, _stats, PANELS, default_iters=160, check=_check)
+    is_hcrar = lambda m: isinstance(m, HCRARLoss)  # noqa: E731
+    trace_script(argv, description, is_hcrar, _stats, PANELS, default_iters=160, check=_check)
 
 
 if __name__ == "__main__":

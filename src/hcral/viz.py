@@ -365,6 +365,8 @@ def collect_entry_scores(
     Returns:
         (background (B,), positive (P,)) float32 score arrays over all images.
     """
+    from hcral.losses._reduce import one_hot_targets
+
     model.eval()
     background, positive = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
     for batch, size, target in _one_by_one(dataset, max_images, size_divisibility, device):
@@ -372,7 +374,7 @@ def collect_entry_scores(
         labels = assign.labels[0]  # (R,) 0..C-1 positive, C background, -1 ignored
         valid = labels >= 0
         scores = cls[0, valid].sigmoid()  # (R', C)
-        own = torch.nn.functional.one_hot(labels[valid], cls.shape[-1] + 1)[:, :-1].bool()
+        own = one_hot_targets(labels[valid], cls.shape[-1]).bool()
         background.append(scores[~own].cpu().numpy())
         positive.append(scores[own].cpu().numpy())
     return np.concatenate(background), np.concatenate(positive)

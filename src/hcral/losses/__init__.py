@@ -34,11 +34,16 @@ REG_LOSSES: dict[str, str] = {
 }
 
 
+def loss_class(table: dict[str, str], name: str) -> type[nn.Module]:
+    """The criterion class ``table[name]`` names (``CLS_LOSSES`` or ``REG_LOSSES``)."""
+    module, cls = table[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
 def _build(table: dict[str, str], kind: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
     if name not in table:
         raise ValueError(f"unknown {kind} loss {name!r}; choose one of {sorted(table)}")
-    module, cls = table[name].split(":")
-    criterion = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    criterion = loss_class(table, name)
     try:
         return criterion(**kwargs)
     except TypeError as e:
