@@ -34,38 +34,32 @@ def entry_gradients(criterion, logits, labels, ious, avg_factor) -> tuple[float,
     """
     import torch
 
+    from hcral.losses._reduce import one_hot_targets
+
     x = logits.detach().float().clone().requires_grad_()
     (grad,) = torch.autograd.grad(criterion(x, labels, ious, avg_factor), x)
-    own = torch.nn.functional.one_hot(labels.long(), x.shape[1] + 1)[:, :-1].bool()
+    own = one_hot_targets(labels, x.shape[1]).bool()
     return float(grad.abs()[own].sum()), float(grad.abs()[~own].sum())
 
 
 def _batches(run: Path, batches: int) -> list[tuple]:
-    """The classification inputs ``(logits, labels, ious, avg_factor)`` of ``batches``
-    training batches (shuffled with a fixed seed) through the run's last weights."""
-    from functools import partial
-
+    """The classification inputs ``(logits, labels, ious, avg_factor)`` of the first
+    ``batches`` batches of the run's first training epoch (its own image order, flips
+    drawn from a fixed seed), through the run's last weights."""
     import torch
 
     from hcral.config import load_config
-    from hcral.data.collate import collate
     from hcral.engine.checkpoint import load_weights
     from hcral.engine.trace import record_calls
-    from hcral.engine.train import build_datasets
+    from hcral.engine.train import build_datasets, make_train_loader, seed_everything
     from hcral.models.build import build_model
 
     # An HCRAC criterion makes the detector compute the IoUs of background priors too.
     cfg = load_config(run / "config.yaml", ["model.cls_loss=hcrac", "model.cls_loss_args={}"])
     model = build_model(cfg.model)
     load_weights(model, run / "last.pt", strict=False)  # the run's own loss state differs
-    dataset = build_datasets(cfg)[0]
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-        collate_fn=partial(collate, size_divisibility=cfg.data.size_divisibility),
-    )
+    loader = make_train_loader(build_datasets(cfg)[0], cfg, rank=0, world_size=1, epoch=0)
+    seed_everything(0)  # the augmentation draws from the global RNG
     keep = lambda module, args, kwargs, output: {"args": args}  # noqa: E731
     with record_calls(lambda m: m is model.cls_loss, keep) as rows, torch.no_grad():
         for _, batch in zip(range(batches), loader):

@@ -48,6 +48,7 @@ def test_measure_a_trained_run(script, tmp_path):
     cfg.train.output_dir = str(tmp_path / "run")
     train(cfg, train_set=build_datasets(cfg)[0])  # a run folder: config.yaml + last.pt
     got = script.measure(tmp_path / "run", batches=2)
+    assert script.measure(tmp_path / "run", batches=2) == got  # same batches, same flips
     assert set(got) == {"focal", "ghm", "hcrac"}
     for pos, bg in got.values():
         assert math.isfinite(pos) and math.isfinite(bg) and pos > 0 and bg > 0
