@@ -133,6 +133,7 @@ EXPECTED_CELLS = {
     "reg_losses_short.yaml": {"atss_short": 6, "retinanet_short": 8},
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
+    "ladder_variant_short.yaml": {"ladder_variant": 5},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
     "hyper_params_short.yaml": {
         "hcrac_bins": 3,
@@ -232,9 +233,32 @@ def test_short_retinanet_cells_reuse_the_box_loss_grid(grid, study, cell, same_a
     assert key != _config_key(_short_cell(*ref, other, tmp_path / "c"))
 
 
-def test_ladder_is_cumulative():
-    (ladder,) = load_grid(ABLATIONS / "ladder.yaml")
-    assert [c.name for c in ladder.cells] == ["ATSS", "EATSS", "+HCRAC", "+HCRAR"]
-    for earlier, later in zip(ladder.cells, ladder.cells[1:]):
+@pytest.mark.parametrize(
+    "grid, rungs",
+    [
+        ("ladder.yaml", ["ATSS", "EATSS", "+HCRAC", "+HCRAR"]),
+        ("ladder_variant_short.yaml", ["ATSS", "EATSS-gate0.3", "+HCRAC-F", "+HCRAR"]),
+    ],
+)
+def test_ladder_is_cumulative(grid, rungs):
+    (ladder,) = load_grid(ABLATIONS / grid)
+    assert [c.name for c in ladder.cells][: len(rungs)] == rungs
+    for earlier, later in zip(ladder.cells, ladder.cells[1 : len(rungs)]):
         kept = {k: later.overrides.get(k) for k in earlier.overrides}
         assert kept == earlier.overrides and len(later.overrides) > len(earlier.overrides)
+
+
+def test_variant_ladder_tops_out_at_the_full_variant(tmp_path):
+    """The short variant ladder's last rung is full_variant.yaml's candidate on the short
+    schedule, and its ATSS rung is ladder_short.yaml's (same config, so reusable)."""
+    from hcral.compare.runner import _config_key
+
+    top = _short_cell("ladder_variant_short.yaml", "ladder_variant", "+HCRAR", tmp_path / "a")
+    full = _short_cell(
+        "full_variant.yaml", "full_variant", "EATSS-gate0.3+HCRAC-F+HCRAR", tmp_path / "b"
+    )
+    assert top.model == full.model
+    assert (top.train.epochs, full.train.epochs) == (6, 12)
+    atss = _short_cell("ladder_variant_short.yaml", "ladder_variant", "ATSS", tmp_path / "c")
+    spec_atss = _short_cell("ladder_short.yaml", "ladder", "ATSS", tmp_path / "d")
+    assert _config_key(atss) == _config_key(spec_atss) != _config_key(top)
