@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from hcral.boxes import clip_boxes
 from hcral.config import Config, ConfigError, config_from_dict
+from hcral.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def predict(
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
         results.append(_record(file, png, det, names))
     out = out_dir / "detections.json"
-    out.write_text(json.dumps(results, indent=1))
+    atomic_write_text(out, json.dumps(results, indent=1))
     return out
 
 

@@ -27,6 +27,7 @@ from hcral.compare.tables import (
     table_digits,
 )
 from hcral.config import Config, config_from_dict
+from hcral.fileio import atomic_write_text
 
 TrainFn = Callable[..., Mapping[str, Any]]
 CHECKPOINT_NAME = "last.pt"  # hcral.engine.checkpoint.LAST: the newest complete checkpoint
@@ -39,11 +40,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    # Write then rename, so a crash never leaves a half-written metrics.json that a
-    # rerun would take for a finished run.
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
-    os.replace(tmp, path)
+    # Atomic, so a crash never leaves a half-written metrics.json that a rerun would take
+    # for a finished run.
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable))
 
 
 def _finished(run_dir: Path) -> bool:
@@ -249,7 +248,7 @@ def run_compare(
     parts = [f"# Results of `{Path(grid_path).name}` ({label})\n"]
     parts += [_study_report(s, out, ks, train_fn, report_only, plots) for s in studies]
     result = out / "results.md"
-    result.write_text("\n".join(parts))
+    atomic_write_text(result, "\n".join(parts))
     return result
 
 
@@ -485,7 +484,7 @@ def _study_report(
     text = render_markdown(table, table_digits(table))
     if missing:
         text += "\nNot run yet: " + ", ".join(f"`{name}`" for name in missing) + "\n"
-    (out / study.name / "table.md").write_text(text)
+    atomic_write_text(out / study.name / "table.md", text)
     _write_json(out / study.name / "summary.json", table_dict(table))
     if plots:
         from hcral.viz import plot_ap_bars

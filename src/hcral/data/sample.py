@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from hcral.fileio import atomic_write_text
+
 __all__ = ["CATEGORY_IDS", "CLASS_NAMES", "make_sample"]
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five")
@@ -292,4 +294,4 @@ def _write_all(out: Path, params: dict[str, Any]) -> None:
             "categories": categories,
             **splits[split],
         }
-        (out / "annotations" / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
+        atomic_write_text(out / "annotations" / f"{split}.json", json.dumps(coco, indent=1) + "\n")

@@ -15,7 +15,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from hcral.fileio import atomic_path, fsync_dir
+
 LAST = "last.pt"
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unsafe or not a hcral checkpoint; the message names it."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk; not every OS
-    # (Windows) lets a directory be opened for that, so this is best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -57,20 +43,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     Returns:
         ``path`` as a :class:`Path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def point_last(path: str | Path) -> Path:
@@ -90,7 +65,7 @@ def point_last(path: str | Path) -> Path:
     except OSError:
         shutil.copyfile(path, tmp)
     os.replace(tmp, last)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return last
 
 
@@ -178,15 +153,8 @@ def export_weights(
         raise ValueError(f"export path must end in .safetensors, got {str(path)!r}")
     # clone() breaks storage sharing between tied tensors, which safetensors rejects
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

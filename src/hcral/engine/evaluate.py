@@ -23,6 +23,7 @@ from hcral.boxes import clip_boxes
 from hcral.config import Config
 from hcral.engine.distributed import all_gather_object, get_world_size, is_main_process
 from hcral.evaluation import coco_evaluate
+from hcral.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,7 @@ def evaluate(
     if is_main_process():
         detections, image_ids = _merge(parts)
         if output_json is not None:
-            path = Path(output_json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(detections))
+            atomic_write_text(output_json, json.dumps(detections))
         metrics = coco_evaluate(base.ann_file, detections, image_ids=image_ids)
         log.info("evaluated %d images, %d detections", len(image_ids), len(detections))
     # all_gather_object doubles as a broadcast from rank 0.

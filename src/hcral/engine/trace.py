@@ -16,6 +16,8 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
+from hcral.fileio import atomic_path
+
 Stats = Callable[[nn.Module, tuple, dict, Any], dict[str, float]]
 
 
@@ -43,7 +45,7 @@ def record_calls(select: Callable[[nn.Module], bool], stats: Stats) -> Iterator[
 def write_rows(rows: Sequence[dict], path: str | Path) -> None:
     """CSV of ``rows`` with the union of their keys as header (missing cells empty)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)

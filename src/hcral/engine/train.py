@@ -46,6 +46,7 @@ from hcral.engine.checkpoint import (
 from hcral.engine.ema import ModelEMA
 from hcral.engine.logging import CSVLogger, ProgressBar, TensorBoardWriter, log, setup_logging
 from hcral.engine.schedule import LRSchedule, scaled_lr
+from hcral.fileio import atomic_write_text
 
 EvaluateFn = Callable[..., dict[str, float]]
 # what a checkpoint saves besides the run state: bare model, optimiser, scaler, EMA or None
@@ -614,7 +615,7 @@ def _train(
     state.class_names = [str(n) for n in getattr(train_set, "class_names", None) or []]
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     ipe = iters_per_epoch(len(train_set), tcfg.batch_size, info.world_size)
     base_lr = scaled_lr(tcfg.lr, tcfg.batch_size * info.world_size, tcfg.base_batch_size)
