@@ -208,8 +208,10 @@ def sample_data(
     and compare the IoU of the ATSS positives with that of the extras EATSS adds."""
     from hcral.data.sample import make_sample
 
-    paths = make_sample(out_dir)
-    coco = json.loads(Path(paths["train_json"]).read_text())
+    train_json = Path(out_dir) / "annotations" / "train.json"
+    if not train_json.is_file():  # a dataset already there is used whatever its size
+        train_json = Path(make_sample(out_dir)["train_json"])
+    coco = json.loads(train_json.read_text())
     per_image: dict[int, list[list[float]]] = {img["id"]: [] for img in coco["images"]}
     native = max(max(img["height"], img["width"]) for img in coco["images"])
     scale = size / native

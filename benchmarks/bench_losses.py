@@ -145,6 +145,42 @@ def print_profile(fn: Callable[[], None], device: torch.device, calls: int = 10)
     print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
+# Each loss's ratio is against the torchvision peer of its group, timed in the same rounds.
+BASELINE = {
+    "focal (torchvision)": "focal (torchvision)",
+    "GHM-C (ours)": "focal (torchvision)",
+    "HCRAC (ours)": "focal (torchvision)",
+    "GIoU (torchvision)": "GIoU (torchvision)",
+    "GIoU (hcral.boxes)": "GIoU (torchvision)",
+    "HCRAR (ours)": "GIoU (torchvision)",
+}
+
+
+def print_table(times: dict, fns: dict, inputs: tuple, args: argparse.Namespace, device) -> None:
+    """Markdown table: median time, median per-round ratio against the baseline, peak memory."""
+    cls_in, reg_in = inputs
+    pc_bytes = args.priors * args.classes * 4
+    print(
+        f"device={device} threads={torch.get_num_threads()} R={args.priors} "
+        f"C={args.classes} positives={args.positives} rounds={args.rounds} "
+        f"torch={torch.__version__}"
+    )
+    print()
+    print("| loss (fwd+bwd) | median ms | ratio vs baseline (median of rounds) | peak extra MB |")
+    print("|---|---:|---:|---:|")
+    for name, ts in times.items():
+        base = times[BASELINE[name]]
+        ratio = statistics.median(t / b for t, b in zip(ts, base))
+        for t in (cls_in["logits"], reg_in["pred"]):
+            t.grad = None  # so every loss pays for allocating its input's gradient
+        mem = peak_extra_bytes(fns[name], device)
+        extra = f" ({mem / pc_bytes:.1f}× R·C·4 B)" if name in CLS else ""
+        print(
+            f"| {name} | {statistics.median(ts) * 1e3:.2f} | {ratio:.2f}× {BASELINE[name]} | "
+            f"{mem / 2**20:.2f}{extra} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -170,34 +206,7 @@ def main() -> None:
     times = {}
     for group in groups:
         times.update(time_round_robin(group, args.rounds, device))
-    baseline = {
-        "focal (torchvision)": "focal (torchvision)",
-        "GHM-C (ours)": "focal (torchvision)",
-        "HCRAC (ours)": "focal (torchvision)",
-        "GIoU (torchvision)": "GIoU (torchvision)",
-        "GIoU (hcral.boxes)": "GIoU (torchvision)",
-        "HCRAR (ours)": "GIoU (torchvision)",
-    }
-    pc_bytes = args.priors * args.classes * 4
-    print(
-        f"device={device} threads={torch.get_num_threads()} R={args.priors} "
-        f"C={args.classes} positives={args.positives} rounds={args.rounds} "
-        f"torch={torch.__version__}"
-    )
-    print()
-    print("| loss (fwd+bwd) | median ms | ratio vs baseline (median of rounds) | peak extra MB |")
-    print("|---|---:|---:|---:|")
-    for name, ts in times.items():
-        base = times[baseline[name]]
-        ratio = statistics.median(t / b for t, b in zip(ts, base))
-        for t in (cls_in["logits"], reg_in["pred"]):
-            t.grad = None  # so every loss pays for allocating its input's gradient
-        mem = peak_extra_bytes(fns[name], device)
-        extra = f" ({mem / pc_bytes:.1f}× R·C·4 B)" if name in CLS else ""
-        print(
-            f"| {name} | {statistics.median(ts) * 1e3:.2f} | {ratio:.2f}× {baseline[name]} | "
-            f"{mem / 2**20:.2f}{extra} |"
-        )
+    print_table(times, fns, (cls_in, reg_in), args, device)
 
 
 if __name__ == "__main__":
