@@ -98,9 +98,10 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
         report_only=False,
         only=(),
         reuse_from=(),
+        reference=None,
     ):
         got.update(grid=grid_path, seeds=seeds, out=out_dir, jobs=jobs, gpus=gpus, first=first_seed)
-        got.update(report_only=report_only, only=only, reuse_from=reuse_from)
+        got.update(report_only=report_only, only=only, reuse_from=reuse_from, reference=reference)
         return Path(out_dir) / "report.md"
 
     monkeypatch.setitem(
@@ -108,7 +109,7 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     )
     assert cli.main(["compare", "g.yaml", "--seeds", "2", "--out", str(tmp_path)]) == 0
     want = {"grid": Path("g.yaml"), "seeds": 2, "out": tmp_path, "jobs": 1, "gpus": [], "first": 0}
-    want.update(report_only=False, only=[], reuse_from=[])
+    want.update(report_only=False, only=[], reuse_from=[], reference=None)
     assert got == want
     args = ["compare", "g.yaml", "--out", str(tmp_path), "--jobs", "4", "--gpus", "0,1"]
     assert cli.main(args + ["--first-seed", "4"]) == 0
@@ -119,6 +120,8 @@ def test_compare_is_called_lazily_with_its_arguments(tmp_path, monkeypatch):
     assert got["only"] == ["a", "b"]
     assert cli.main(["compare", "g.yaml", "--reuse-from", "r1", "--reuse-from", "r2"]) == 0
     assert got["reuse_from"] == [Path("r1"), Path("r2")]
+    assert cli.main(["compare", "g.yaml", "--report-only", "--reference", "GIoU"]) == 0
+    assert got["reference"] == "GIoU"
 
 
 def test_compare_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):

@@ -117,6 +117,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         report_only=args.report_only,
         only=args.study,
         reuse_from=args.reuse_from,
+        reference=args.reference,
     )
     print(f"comparison report: {report}")
     return 0
@@ -253,6 +254,12 @@ def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
         "--report-only",
         action="store_true",
         help="train nothing: write the tables from the runs finished so far",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="CELL",
+        help="compare every cell with this one instead of the grid's reference "
+        "(e.g. --report-only --reference GIoU); each study reported must have it",
     )
     p.set_defaults(func=cmd_compare)
 

@@ -449,3 +449,20 @@ def test_study_subset_copies_from_finished_runs_of_the_other_studies(tmp_path, b
     assert fake.calls == [("theta=0.9", 10, None)]  # theta=0.7 is mu=5, finished
     copied = json.loads((out / "theta/theta=0.7/seed_0/metrics.json").read_text())
     assert copied["reused_from"] == str(out / "mu" / "mu=5" / "seed_0")
+
+
+def test_reference_option_reports_against_another_cell(tmp_path, base_cfg):
+    grid, out = _two_studies_sharing_a_cell(tmp_path, base_cfg), tmp_path / "out"
+    fake = FakeTrain()
+    run_compare(grid, 2, out, train_fn=fake, plots=False, only=["mu"])
+    assert "Reference: `mu=5`" in (out / "mu" / "table.md").read_text()
+    idle = FakeTrain()
+    text = run_compare(
+        grid, 2, out, train_fn=idle, plots=False, report_only=True, only=["mu"], reference="mu=0"
+    ).read_text()
+    assert idle.calls == [] and "Reference: `mu=0`" in text
+    # mu=5 is 5 AP above mu=0 on both seeds (FakeTrain: AP = 30 + mu + 0.1 seed)
+    row = next(line for line in text.splitlines() if line.startswith("| `mu=5`"))
+    assert "| +5.0 [" in row and row.endswith("▲ |"), row
+    with pytest.raises(ValueError, match=r"'mu=0' is not a cell of every study.*theta: \["):
+        run_compare(grid, 2, out, train_fn=idle, plots=False, report_only=True, reference="mu=0")

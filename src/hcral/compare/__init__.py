@@ -79,6 +79,7 @@ from hcral.compare.runner import (
     run_parallel,
     select_studies,
     split_duplicates,
+    with_reference,
 )
 from hcral.compare.stats import (
     Summary,
@@ -137,4 +138,5 @@ __all__ = [
     "t_quantile",
     "table_dict",
     "table_digits",
+    "with_reference",
 ]

@@ -203,6 +203,7 @@ def run_compare(
     report_only: bool = False,
     only: Sequence[str] = (),
     reuse_from: Sequence[str | Path] = (),
+    reference: str | None = None,
 ) -> Path:
     """Run every study of a grid over ``seeds`` seeds and write tables and AP bar plots.
 
@@ -226,6 +227,9 @@ def run_compare(
         reuse_from: folders of earlier runs (e.g. another grid's ``--out``): a run
             still to do whose config matches a finished run there is copied from it
             instead of trained (:func:`find_finished_runs`).
+        reference: report every study against this cell instead of the grid's reference
+            (e.g. GIoU rather than L1); each study reported must have it
+            (:func:`with_reference`). Runs and their folders do not depend on it.
     Returns:
         Path of ``out_dir/results.md`` holding every study's table (each study's table
         is also in ``<study>/table.md``, its numbers in ``<study>/summary.json``).
@@ -234,6 +238,7 @@ def run_compare(
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     plan = plan_runs(grid_path, seeds, out_dir, first_seed, only, reuse_from)
     studies, out, ks, todo, copies = plan.studies, Path(out_dir), plan.seeds, plan.todo, plan.copies
+    studies = with_reference(studies, reference)
     if train_fn is None and not report_only:
         check_data(todo)
     if jobs > 1 and not report_only:
@@ -337,6 +342,24 @@ def select_studies(studies: list[Study], only: Sequence[str]) -> list[Study]:
     if unknown:
         raise ValueError(f"no study {unknown} in the grid; its studies are {names}")
     return [s for s in studies if not only or s.name in only]
+
+
+def with_reference(studies: list[Study], reference: str | None) -> list[Study]:
+    """``studies`` with ``reference`` as the cell every other cell is compared with.
+
+    Raises:
+        ValueError: naming each study that has no cell ``reference``, and its cells.
+    """
+    if reference is None:
+        return studies
+    lacking = [s for s in studies if reference not in {c.name for c in s.cells}]
+    if lacking:
+        cells = "; ".join(f"{s.name}: {[c.name for c in s.cells]}" for s in lacking)
+        raise ValueError(
+            f"--reference {reference!r} is not a cell of every study reported ({cells}); "
+            "choose the studies with --study"
+        )
+    return [dataclasses.replace(s, reference=reference) for s in studies]
 
 
 def _task_key(task: _Task) -> tuple[str, int]:
