@@ -1,7 +1,9 @@
 """Regenerate the figures in docs/figures/.
 
 Always writes ``weight_functions.png`` (ω, ρ, F(u), r as computed by hcral.losses).
-Given two trained runs, also writes ``score_vs_iou.png`` (the paper's Fig. 3 idea):
+Given trained runs, also writes ``--scatter-png`` (default ``score_vs_iou.png``; the
+paper's Fig. 3 idea), one panel per NAME (runs that share a NAME are pooled), and prints
+a Markdown table of each panel's score-IoU agreement (:func:`scatter_table`):
 
     python scripts/make_figures.py
     python scripts/make_figures.py \\
@@ -64,6 +66,42 @@ def _scatter_pairs(name: str, config: str, weights: str, args: argparse.Namespac
         )
 
 
+def _scatter(runs: list[list[str]], args: argparse.Namespace) -> dict:
+    """name → (scores, IoUs) of the positives, pooled over the runs of a name."""
+    import numpy as np
+
+    pooled: dict[str, list] = {}
+    for name, config, weights in runs:
+        s, u = _scatter_pairs(name, config, weights, args)
+        pooled.setdefault(name, []).append((np.asarray(s), np.asarray(u)))
+    return {
+        name: tuple(np.concatenate([g[k] for g in groups]) for k in (0, 1))
+        for name, groups in pooled.items()
+    }
+
+
+def scatter_table(pairs: dict) -> str:
+    """Markdown: per name, how far the positives' scores are from their IoUs.
+
+    Columns: positives, mean IoU, mean score, Pearson r(score, IoU), mean |score − IoU|
+    (0 on the diagonal) and the share scored below their IoU.
+    """
+    import numpy as np
+
+    lines = [
+        "| detector | positives | mean IoU | mean score | r(score, IoU) | mean abs(score − IoU) "
+        "| score < IoU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, (s, u) in pairs.items():
+        r = np.corrcoef(u, s)[0, 1] if len(s) > 1 else float("nan")
+        lines.append(
+            f"| {name} | {len(s)} | {u.mean():.3f} | {s.mean():.3f} | {r:.2f} "
+            f"| {np.abs(s - u).mean():.3f} | {(s < u).mean():.1%} |"
+        )
+    return "\n".join(lines)
+
+
 def _entry_scores(runs: list[list[str]], args: argparse.Namespace) -> dict:
     """name → (background scores, positive scores), pooled over the runs of a name."""
     import numpy as np
@@ -107,8 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar=("NAME", "CONFIG", "WEIGHTS"),
-        help="a trained detector for the score-vs-IoU figure (give two: baseline, HCRAL)",
+        help="a trained detector for the score-vs-IoU figure, e.g. a baseline and HCRAL "
+        "(runs sharing NAME are pooled)",
     )
+    parser.add_argument("--scatter-png", default="score_vs_iou.png")
     parser.add_argument(
         "--entry-run",
         nargs=3,
@@ -129,9 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     plot_weight_functions(out)
     print(f"wrote {out}")
     if args.run:
-        pairs = {name: _scatter_pairs(name, cfg, w, args) for name, cfg, w in args.run}
-        out = args.out / "score_vs_iou.png"
+        pairs = _scatter(args.run, args)
+        out = args.out / args.scatter_png
         plot_score_vs_iou(pairs, out)
+        print(scatter_table(pairs))
         print(f"wrote {out}")
     if args.entry_run:
         scores = _entry_scores(args.entry_run, args)

@@ -257,6 +257,17 @@ def test_make_figures_entry_table():
     assert lines[2] == "| HCRAC | 4 | 0.163 | 50.0% | 25.00% | 2 | 0.400 |"
 
 
+def test_make_figures_scatter_table():
+    module = load_script("make_figures")
+    s = np.array([0.5, 0.2, 0.9, 0.4])
+    u = np.array([0.5, 0.6, 0.7, 0.8])
+    lines = module.scatter_table({"HCRAL": (s, u)}).splitlines()
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    r = np.corrcoef(u, s)[0, 1]
+    # |s - u| = 0, 0.4, 0.2, 0.4 -> 0.25; below the diagonal: 0.2 < 0.6 and 0.4 < 0.8
+    assert cells == ["HCRAL", "4", "0.650", "0.500", f"{r:.2f}", "0.250", "50.0%"]
+
+
 def test_plot_trace_lines_and_gaps(tmp_path, monkeypatch):
     figs = _capture(monkeypatch)
     rows = [{"iter": 1, "a": 2.0, "b": 1.0}, {"iter": 2, "a": 3.0}]
@@ -270,3 +281,30 @@ def test_plot_trace_lines_and_gaps(tmp_path, monkeypatch):
     assert b[0] == 1.0 and math.isnan(b[1])  # row 2 has no "b"
     with pytest.raises(ValueError, match="rows"):
         viz.plot_trace([], panels, tmp_path / "x.png")
+
+
+def test_make_figures_pools_runs_that_share_a_name(tmp_path, capsys):
+    from tests._scripts import tiny_config
+
+    from hcral.engine.train import build_datasets, train
+
+    cfg = tiny_config(tmp_path)
+    cfg.train.max_iters = 1
+    cfg.train.output_dir = str(tmp_path / "run")
+    train(cfg, train_set=build_datasets(cfg)[0])
+    run = [str(tmp_path / "run" / "config.yaml"), str(tmp_path / "run" / "last.pt")]
+    module = load_script("make_figures")
+    argv = ["--out", str(tmp_path / "f"), "--max-images", "1", "--scatter-png", "s.png"]
+    module.main(argv + ["--run", "one", *run])
+    one = _table_rows(capsys.readouterr().out)
+    module.main(argv + ["--run", "two", *run, "--run", "two", *run, "--run", "other", *run])
+    rows = _table_rows(capsys.readouterr().out)
+    assert (tmp_path / "f" / "s.png").stat().st_size > 0
+    assert list(rows) == ["two", "other"] and rows["other"] == one["one"]
+    assert int(rows["two"][0]) == 2 * int(one["one"][0]) > 0  # the same run twice, pooled
+    assert rows["two"][1:] == one["one"][1:]
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    return {r[0].strip(): [c.strip() for c in r[1:]] for r in rows[1:] if r[0].strip() != "---"}
