@@ -133,7 +133,7 @@ EXPECTED_CELLS = {
     "reg_losses_short.yaml": {"atss_short": 6, "retinanet_short": 8},
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
-    "ladder_variant_short.yaml": {"ladder_variant": 5},
+    "ladder_variant_short.yaml": {"ladder_variant": 4},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
     "hyper_params_short.yaml": {
         "hcrac_bins": 3,
