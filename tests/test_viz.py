@@ -101,6 +101,15 @@ def test_plot_score_vs_iou(tmp_path):
         viz.plot_score_vs_iou({}, out)
 
 
+def test_scatter_panel_title_wraps_long_names():
+    title = viz._panel_title("gated EATSS + HCRAC-focal + HCRAR, pooled seeds", 8397, 0.5449)
+    lines = title.split("\n")
+    assert lines[-1] == "n=8397, r=0.54"
+    assert len(lines) == 3 and all(len(line) <= 36 for line in lines)
+    assert " ".join(lines[:-1]) == "gated EATSS + HCRAC-focal + HCRAR, pooled seeds"
+    assert viz._panel_title("ATSS", 10, 0.1) == "ATSS\nn=10, r=0.10"
+
+
 def test_plot_iou_histograms_shares(tmp_path):
     out = tmp_path / "hist.png"
     shares = viz.plot_iou_histograms(

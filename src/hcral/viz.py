@@ -9,6 +9,7 @@ check the plotted values against SPEC §2–3 at hand-computed points.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +130,12 @@ def _save(fig: Any, out_png: str | Path) -> None:
 # --------------------------------------------------------------------------- score vs IoU
 
 
+def _panel_title(name: str, n: int, corr: float, width: int = 36) -> str:
+    """A scatter panel's title: the name wrapped at ``width`` characters (long names ran
+    into the next panel), then the count and r on their own line."""
+    return f"{textwrap.fill(name, width)}\nn={n}, r={corr:.2f}"
+
+
 def plot_score_vs_iou(
     pairs_by_name: Mapping[str, tuple[Any, Any]], out_png: str | Path, max_points: int = 20000
 ) -> None:
@@ -146,7 +153,7 @@ def plot_score_vs_iou(
         raise ValueError("pairs_by_name: need at least one (scores, ious) pair")
     plt = _pyplot()
     n = len(pairs_by_name)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4.5), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 5.0), squeeze=False, constrained_layout=True)
     rng = np.random.default_rng(0)
     for ax, (name, (scores, ious)) in zip(axes.flat, pairs_by_name.items()):
         s, u = _as_numpy(scores), _as_numpy(ious)
@@ -166,7 +173,7 @@ def plot_score_vs_iou(
             ylim=(0, 1),
             xlabel="IoU with assigned GT",
             ylabel="score",
-            title=f"{name} (n={len(_as_numpy(scores))}, r={corr:.2f})",
+            title=_panel_title(name, len(_as_numpy(scores)), corr),
         )
         ax.set_aspect("equal")
         ax.legend(loc="upper left", fontsize=8)
