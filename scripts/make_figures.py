@@ -24,6 +24,7 @@ table of them.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,18 +67,26 @@ def _scatter_pairs(name: str, config: str, weights: str, args: argparse.Namespac
         )
 
 
-def _scatter(runs: list[list[str]], args: argparse.Namespace) -> dict:
-    """name → (scores, IoUs) of the positives, pooled over the runs of a name."""
+def _pooled(runs: list[list[str]], collect: Callable[[str, str, str], tuple]) -> dict:
+    """name → a pair of arrays, each concatenated over the runs sharing that name.
+
+    ``collect(name, config, weights)`` returns one run's pair (arrays or tensors).
+    """
     import numpy as np
 
     pooled: dict[str, list] = {}
     for name, config, weights in runs:
-        s, u = _scatter_pairs(name, config, weights, args)
-        pooled.setdefault(name, []).append((np.asarray(s), np.asarray(u)))
+        pair = tuple(np.asarray(a) for a in collect(name, config, weights))
+        pooled.setdefault(name, []).append(pair)
     return {
         name: tuple(np.concatenate([g[k] for g in groups]) for k in (0, 1))
         for name, groups in pooled.items()
     }
+
+
+def _scatter(runs: list[list[str]], args: argparse.Namespace) -> dict:
+    """name → (scores, IoUs) of the positives, pooled over the runs of a name."""
+    return _pooled(runs, lambda name, config, weights: _scatter_pairs(name, config, weights, args))
 
 
 def scatter_table(pairs: dict) -> str:
@@ -104,22 +113,16 @@ def scatter_table(pairs: dict) -> str:
 
 def _entry_scores(runs: list[list[str]], args: argparse.Namespace) -> dict:
     """name → (background scores, positive scores), pooled over the runs of a name."""
-    import numpy as np
-
     from hcral.viz import collect_entry_scores
 
-    pooled: dict[str, list] = {}
-    for name, config, weights in runs:
+    def collect(name: str, config: str, weights: str) -> tuple:
         model, dataset, cfg = _load(config, weights, args.device)
         print(f"{name}: {weights} on {len(dataset)} val images (max {args.max_images})")
-        got = collect_entry_scores(
+        return collect_entry_scores(
             model, dataset, args.device, args.max_images, cfg.data.size_divisibility
         )
-        pooled.setdefault(name, []).append(got)
-    return {
-        name: tuple(np.concatenate([g[k] for g in groups]) for k in (0, 1))
-        for name, groups in pooled.items()
-    }
+
+    return _pooled(runs, collect)
 
 
 def entry_table(scores: dict) -> str:

@@ -312,6 +312,16 @@ def test_make_figures_pools_runs_that_share_a_name(tmp_path, capsys):
     assert list(rows) == ["two", "other"] and rows["other"] == one["one"]
     assert int(rows["two"][0]) == 2 * int(one["one"][0]) > 0  # the same run twice, pooled
     assert rows["two"][1:] == one["one"][1:]
+    # --entry-run pools the same way: counts add up, means and shares stay
+    entry_argv = argv + ["--entry-png", "e.png"]
+    module.main(entry_argv + ["--entry-run", "one", *run])
+    one = _table_rows(capsys.readouterr().out)
+    module.main(entry_argv + ["--entry-run", "two", *run, "--entry-run", "two", *run])
+    rows = _table_rows(capsys.readouterr().out)
+    assert (tmp_path / "f" / "e.png").stat().st_size > 0
+    bg, pos = int(one["one"][0]), int(one["one"][4])
+    assert [int(rows["two"][0]), int(rows["two"][4])] == [2 * bg, 2 * pos] and bg > 0
+    assert rows["two"][1:4] + rows["two"][5:] == one["one"][1:4] + one["one"][5:]
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:
