@@ -101,6 +101,19 @@ def test_plot_score_vs_iou(tmp_path):
         viz.plot_score_vs_iou({}, out)
 
 
+def test_plot_score_vs_iou_r_is_over_all_points(tmp_path):
+    # 2000 points, 100 drawn: r of a 100-point subset differs from r of all 2000 in the
+    # second decimal, so a title computed after thinning would not match the tables.
+    rng = np.random.default_rng(1)
+    u = rng.uniform(0, 1, 2000)
+    s = np.clip(0.5 * u + rng.normal(0, 0.2, 2000), 0, 1)
+    stats = viz.plot_score_vs_iou({"a": (s, u)}, tmp_path / "s.png", max_points=100)
+    full = np.corrcoef(u, s)[0, 1]
+    sub = np.random.default_rng(0).choice(2000, 100, replace=False)
+    assert abs(np.corrcoef(u[sub], s[sub])[0, 1] - full) > 0.01  # the check can fail
+    assert stats == {"a": (2000, pytest.approx(full, abs=1e-12))}
+
+
 def test_scatter_panel_title_wraps_long_names():
     title = viz._panel_title("gated EATSS + HCRAC-focal + HCRAR, pooled seeds", 8397, 0.5449)
     lines = title.split("\n")

@@ -138,7 +138,7 @@ def _panel_title(name: str, n: int, corr: float, width: int = 36) -> str:
 
 def plot_score_vs_iou(
     pairs_by_name: Mapping[str, tuple[Any, Any]], out_png: str | Path, max_points: int = 20000
-) -> None:
+) -> dict[str, tuple[int, float]]:
     """Scatter score vs IoU of positives, one panel per detector, with the y = x diagonal.
 
     The paper's Fig. 3 idea: a consistent detector's points hug the diagonal; points far
@@ -147,7 +147,11 @@ def plot_score_vs_iou(
     Args:
         pairs_by_name: name → (scores (P,), ious (P,)), arrays or tensors.
         out_png: output file.
-        max_points: points per panel beyond which a fixed-seed random subset is drawn.
+        max_points: points drawn per panel; beyond it a fixed-seed random subset is drawn.
+            The count and r in the title are always over all P points.
+
+    Returns:
+        name → (P, r(score, IoU)), the numbers in each panel's title.
     """
     if not pairs_by_name:
         raise ValueError("pairs_by_name: need at least one (scores, ious) pair")
@@ -155,6 +159,7 @@ def plot_score_vs_iou(
     n = len(pairs_by_name)
     fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 5.0), squeeze=False, constrained_layout=True)
     rng = np.random.default_rng(0)
+    stats: dict[str, tuple[int, float]] = {}
     for ax, (name, (scores, ious)) in zip(axes.flat, pairs_by_name.items()):
         s, u = _as_numpy(scores), _as_numpy(ious)
         if s.shape != u.shape or s.ndim != 1:
@@ -162,22 +167,26 @@ def plot_score_vs_iou(
                 f"pairs_by_name[{name!r}]: scores {s.shape} and ious {u.shape} "
                 "must be 1-D of equal length"
             )
+        # r over every point, before thinning: the title must agree with the tables
+        # (scripts/make_figures.py) that report r of the same pairs.
+        corr = float(np.corrcoef(u, s)[0, 1]) if len(s) > 1 else math.nan
+        stats[name] = (len(s), corr)
         if len(s) > max_points:
             keep = rng.choice(len(s), max_points, replace=False)
             s, u = s[keep], u[keep]
         ax.scatter(u, s, s=4, alpha=0.35, linewidths=0)
         ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="score = IoU")
-        corr = np.corrcoef(u, s)[0, 1] if len(s) > 1 else math.nan
         ax.set(
             xlim=(0, 1),
             ylim=(0, 1),
             xlabel="IoU with assigned GT",
             ylabel="score",
-            title=_panel_title(name, len(_as_numpy(scores)), corr),
+            title=_panel_title(name, *stats[name]),
         )
         ax.set_aspect("equal")
         ax.legend(loc="upper left", fontsize=8)
     _save(fig, out_png)
+    return stats
 
 
 def plot_iou_histograms(
