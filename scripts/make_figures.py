@@ -19,6 +19,11 @@ seeds of one grid cell, are pooled), writes ``--entry-png`` (default
 ``entry_scores.png``): histograms of the scores of background and positive
 classification entries (:func:`hcral.viz.collect_entry_scores`), and prints a Markdown
 table of them.
+
+Given ``--hcrar-run NAME CONFIG WEIGHTS`` (repeatable, pooled by NAME), prints how HCRAR
+(with ``--hcrar-args``, default the shipped configs' ``{alpha: -0.1, ep: 0.001,
+focusing: false}``) would weight each run's positives against plain GIoU, by IoU bin
+(:func:`hcrar_table`). No figure.
 """
 
 from __future__ import annotations
@@ -68,9 +73,9 @@ def _scatter_pairs(name: str, config: str, weights: str, args: argparse.Namespac
 
 
 def _pooled(runs: list[list[str]], collect: Callable[[str, str, str], tuple]) -> dict:
-    """name → a pair of arrays, each concatenated over the runs sharing that name.
+    """name → a tuple of arrays, each concatenated over the runs sharing that name.
 
-    ``collect(name, config, weights)`` returns one run's pair (arrays or tensors).
+    ``collect(name, config, weights)`` returns one run's tuple (arrays or tensors).
     """
     import numpy as np
 
@@ -79,7 +84,7 @@ def _pooled(runs: list[list[str]], collect: Callable[[str, str, str], tuple]) ->
         pair = tuple(np.asarray(a) for a in collect(name, config, weights))
         pooled.setdefault(name, []).append(pair)
     return {
-        name: tuple(np.concatenate([g[k] for g in groups]) for k in (0, 1))
+        name: tuple(np.concatenate([g[k] for g in groups]) for k in range(len(groups[0])))
         for name, groups in pooled.items()
     }
 
@@ -125,6 +130,72 @@ def _entry_scores(runs: list[list[str]], args: argparse.Namespace) -> dict:
     return _pooled(runs, collect)
 
 
+IOU_BINS = (0.0, 0.3, 0.5, 0.7, 0.85, 1.0)
+
+
+def hcrar_terms(scores, pred, target, **hcrar_args) -> tuple:
+    """(IoU (P,), HCRAR weight r̃ · CF_reg (P,), 1 − GIoU (P,)) of one run's positives.
+
+    r̄ is the mean r over these positives: the value the EMA of batch means settles at.
+    ``hcrar_args``: ``alpha``, ``ep``, ``r_max``, ``gamma``, ``delta``, ``focusing``,
+    ``centre`` of :class:`hcral.losses.HCRARLoss` (``loss_weight`` is ignored).
+    """
+    import torch
+
+    from hcral.boxes import aligned_giou
+    from hcral.losses.hcrar import hcrar_weight, iou_and_centre_ratio, rci_coefficient
+
+    kw = {k: v for k, v in hcrar_args.items() if k != "loss_weight"}
+    s, p, t = (torch.as_tensor(x, dtype=torch.float64) for x in (scores, pred, target))
+    ious, ratio = iou_and_centre_ratio(p, t)
+    r = rci_coefficient(s, ious, kw.pop("alpha", -0.1), kw.pop("ep", 1e-3), kw.pop("r_max", None))
+    w = hcrar_weight(p, t, r, ious, centre_ratio=ratio, **kw)
+    return ious.numpy(), w.numpy(), (1 - aligned_giou(p, t)).numpy()
+
+
+def hcrar_table(terms: dict, bins: tuple = IOU_BINS) -> str:
+    """Markdown: per name and IoU bin, the positives' share and HCRAR's share of the weight
+    and of the loss, against GIoU (weight 1 each). ``terms``: name → :func:`hcrar_terms`."""
+    import numpy as np
+
+    lines = [
+        "| detector | IoU | positives | share | mean r̃·CF | share of weight "
+        "| share of GIoU loss | share of HCRAR loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, (u, w, g) in terms.items():
+        which = np.clip(np.digitize(u, bins[1:-1], right=False), 0, len(bins) - 2)
+        for k in range(len(bins) - 1):
+            m = which == k
+            mean_w = f"{w[m].mean():.2f}" if m.any() else "–"
+            lines.append(
+                f"| {name} | {bins[k]:.2f}–{bins[k + 1]:.2f} | {m.sum()} | {m.mean():.1%} "
+                f"| {mean_w} | {w[m].sum() / w.sum():.1%} | {g[m].sum() / g.sum():.1%} "
+                f"| {(w * g)[m].sum() / (w * g).sum():.1%} |"
+            )
+        lines.append(f"| {name} | all | {len(u)} | 100% | {w.mean():.2f} | 100% | 100% | 100% |")
+    return "\n".join(lines)
+
+
+def _hcrar_terms(runs: list[list[str]], args: argparse.Namespace) -> dict:
+    """name → :func:`hcrar_terms`, pooled over the runs of a name."""
+    import yaml
+
+    from hcral.viz import collect_assigned_boxes
+
+    hcrar_args = yaml.safe_load(args.hcrar_args) or {}
+
+    def collect(name: str, config: str, weights: str) -> tuple:
+        model, dataset, cfg = _load(config, weights, args.device)
+        print(f"{name}: {weights} on {len(dataset)} val images (max {args.max_images})")
+        boxes = collect_assigned_boxes(
+            model, dataset, args.device, args.max_images, cfg.data.size_divisibility
+        )
+        return hcrar_terms(*boxes, **hcrar_args)
+
+    return _pooled(runs, collect)
+
+
 def entry_table(scores: dict) -> str:
     """Markdown: per name, the background mean and shares above 0.05 / 0.3, positives' mean."""
     lines = [
@@ -161,6 +232,20 @@ def main(argv: list[str] | None = None) -> None:
         help="a trained detector for the entry-score histograms (runs sharing NAME are pooled)",
     )
     parser.add_argument("--entry-png", default="entry_scores.png")
+    parser.add_argument(
+        "--hcrar-run",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "CONFIG", "WEIGHTS"),
+        help="a trained detector whose positives get HCRAR's weights, printed by IoU bin "
+        "(runs sharing NAME are pooled)",
+    )
+    parser.add_argument(
+        "--hcrar-args",
+        default="{alpha: -0.1, ep: 0.001, focusing: false}",
+        help="HCRAR's parameters for --hcrar-run, a YAML mapping",
+    )
     parser.add_argument("--max-images", type=int, default=200)
     parser.add_argument("--mode", default="auto", choices=["auto", "assigned", "detections"])
     parser.add_argument("--device", default="cpu")
@@ -183,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         plot_entry_scores(scores, out)
         print(entry_table(scores))
         print(f"wrote {out}")
+    if args.hcrar_run:
+        print(hcrar_table(_hcrar_terms(args.hcrar_run, args)))
 
 
 if __name__ == "__main__":

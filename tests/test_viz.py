@@ -340,3 +340,77 @@ def test_make_figures_pools_runs_that_share_a_name(tmp_path, capsys):
 def _table_rows(text: str) -> dict[str, list[str]]:
     rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
     return {r[0].strip(): [c.strip() for c in r[1:]] for r in rows[1:] if r[0].strip() != "---"}
+
+
+def test_collect_assigned_boxes_are_the_scatter_positives(device):
+    from hcral.boxes import aligned_iou
+
+    model = _small_retinanet(device)
+    target = {"boxes": torch.tensor([[32.0, 32.0, 96.0, 96.0]]), "labels": torch.tensor([1])}
+    data = [(torch.rand(3, 250, 256), target)] * 2
+    scores, boxes, gts = viz.collect_assigned_boxes(model, data, device)
+    ref_scores, ref_ious = viz.collect_score_iou(model, data, device)
+    assert boxes.shape == gts.shape == (len(scores), 4) and len(scores) >= 2
+    assert np.allclose(gts, [[32.0, 32.0, 96.0, 96.0]])  # every positive has the one GT
+    assert np.allclose(scores, ref_scores)
+    assert np.allclose(aligned_iou(torch.tensor(boxes), torch.tensor(gts)).numpy(), ref_ious)
+    assert len(viz.collect_assigned_boxes(model, data, device, max_images=1)[0]) * 2 == len(scores)
+    with pytest.raises(ValueError, match="DenseDetector"):
+        viz.collect_assigned_boxes(FixedDetector(), data, device)
+
+
+def test_make_figures_hcrar_terms_and_table_by_hand():
+    module = load_script("make_figures")
+    target = [[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 20.0]]
+    pred = [[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 10.0]]  # IoU 1, and IoU 0.5
+    ious, w, g = module.hcrar_terms([0.5, 0.1], pred, target, alpha=-0.1, ep=0.001,
+                                    focusing=False, loss_weight=9.0)  # fmt: skip
+    # r = (s - α + ep) / (u + ep); r̄ = their mean; box 2's centre is off by 5 px in a
+    # 10 x 20 enclosing box: CF = exp(25 / 500). 1 - GIoU: 0, and 1 - 0.5 (C = union).
+    r = np.array([0.601 / 1.001, 0.201 / 0.501])
+    expected_w = r / r.mean() * np.array([1.0, np.exp(0.05)])
+    assert ious == pytest.approx([1.0, 0.5]) and g == pytest.approx([0.0, 0.5])
+    assert w == pytest.approx(expected_w)
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in module.hcrar_table({"x": (ious, w, g)}).splitlines()[2:]
+    ]
+    by_bin = {row[1]: row[2:] for row in rows}
+    assert len(rows) == 6 and set(by_bin) >= {"0.50–0.70", "0.85–1.00", "all"}
+    share_w = expected_w / expected_w.sum()
+    assert by_bin["0.50–0.70"] == ["1", "50.0%", f"{expected_w[1]:.2f}", f"{share_w[1]:.1%}",
+                                   "100.0%", "100.0%"]  # fmt: skip
+    assert by_bin["0.85–1.00"] == ["1", "50.0%", f"{expected_w[0]:.2f}", f"{share_w[0]:.1%}",
+                                   "0.0%", "0.0%"]  # fmt: skip
+    assert by_bin["0.00–0.30"][:2] == ["0", "0.0%"] and by_bin["0.00–0.30"][2] == "–"
+    assert by_bin["all"][:3] == ["2", "100%", f"{expected_w.mean():.2f}"]
+    # r_max clamps r before r̄: with r_max 0.45, box 1's r = 0.6004 becomes 0.45
+    _, w_clamped, _ = module.hcrar_terms([0.5, 0.1], pred, target, r_max=0.45, focusing=False)
+    r_c = np.array([0.45, 0.201 / 0.501])
+    assert w_clamped == pytest.approx(r_c / r_c.mean() * np.array([1.0, np.exp(0.05)]))
+
+
+def test_make_figures_hcrar_run_pools(tmp_path, capsys):
+    from tests._scripts import tiny_config
+
+    from hcral.engine.train import build_datasets, train
+
+    cfg = tiny_config(tmp_path)
+    cfg.train.max_iters = 1
+    cfg.train.output_dir = str(tmp_path / "run")
+    train(cfg, train_set=build_datasets(cfg)[0])
+    run = [str(tmp_path / "run" / "config.yaml"), str(tmp_path / "run" / "last.pt")]
+    module = load_script("make_figures")
+    argv = ["--out", str(tmp_path / "f"), "--max-images", "1"]
+
+    def rows(out: str) -> list[list[str]]:
+        lines = [line for line in out.splitlines() if line.startswith("| ")][1:]
+        return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+    module.main(argv + ["--hcrar-run", "one", *run])
+    one = rows(capsys.readouterr().out)
+    module.main(argv + ["--hcrar-run", "two", *run, "--hcrar-run", "two", *run])
+    two = rows(capsys.readouterr().out)
+    assert [r[1] for r in one][-1] == "all" and int(one[-1][2]) > 0
+    for a, b in zip(one, two, strict=True):  # counts double, shares and means stay
+        assert int(b[2]) == 2 * int(a[2]) and b[3:] == a[3:]

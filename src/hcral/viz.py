@@ -321,17 +321,63 @@ def _assigned_forward(
     return cls, boxes, model.assign(priors, gt, boxes), gt
 
 
+def _assigned_positives(
+    model: Any, images: Tensor, image_sizes: list[tuple[int, int]], target: dict
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Scores (P,), decoded boxes (P, 4) and assigned GT boxes (P, 4) of the priors the
+    model's assigner makes positive."""
+    cls, boxes, assign, gt = _assigned_forward(model, images, image_sizes, target)
+    img, prior = assign.pos_mask.nonzero(as_tuple=True)
+    labels = assign.labels[img, prior]
+    target_boxes = gt.boxes[img, assign.gt_inds[img, prior]]
+    return cls[img, prior, labels].sigmoid(), boxes[img, prior], target_boxes
+
+
 def _assigned_pairs(
     model: Any, images: Tensor, image_sizes: list[tuple[int, int]], target: dict, _min_iou: float
 ) -> tuple[Tensor, Tensor]:
     """(P,) scores and IoUs of the priors the model's assigner makes positive."""
     from hcral.boxes import aligned_iou
 
-    cls, boxes, assign, gt = _assigned_forward(model, images, image_sizes, target)
-    img, prior = assign.pos_mask.nonzero(as_tuple=True)
-    labels = assign.labels[img, prior]
-    target_boxes = gt.boxes[img, assign.gt_inds[img, prior]]
-    return cls[img, prior, labels].sigmoid(), aligned_iou(boxes[img, prior], target_boxes)
+    scores, boxes, target_boxes = _assigned_positives(model, images, image_sizes, target)
+    return scores, aligned_iou(boxes, target_boxes)
+
+
+@torch.no_grad()
+def collect_assigned_boxes(
+    model: torch.nn.Module,
+    dataset: Any,
+    device: torch.device | str,
+    max_images: int = 100,
+    size_divisibility: int = 128,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a box loss sees of a trained detector's positives, one image at a time.
+
+    The positives are those of :func:`collect_score_iou`'s ``"assigned"`` mode: the
+    model's own assigner picks them exactly as in training.
+
+    Args:
+        model: a trained :class:`~hcral.models.detector.DenseDetector`; put in eval mode.
+        dataset, device, max_images, size_divisibility: as :func:`collect_score_iou`.
+    Returns:
+        (scores (P,), predicted boxes (P, 4), assigned GT boxes (P, 4)) float arrays over
+        all images, boxes xyxy in the resized image's pixels, scores the sigmoid of the
+        assigned class (HCRAR's ``s``).
+    """
+    from hcral.models.detector import DenseDetector
+
+    if not isinstance(model, DenseDetector):
+        name = type(model).__name__
+        raise ValueError(f"collect_assigned_boxes needs a DenseDetector, got {name}")
+    model.eval()
+    parts: list[tuple[Tensor, ...]] = []
+    for batch, size, target in _one_by_one(dataset, max_images, size_divisibility, device):
+        positives = _assigned_positives(model, batch, [size], target)
+        parts.append(tuple(x.float().cpu() for x in positives))
+    if not parts:
+        return np.zeros(0), np.zeros((0, 4)), np.zeros((0, 4))
+    s, b, t = (torch.cat(x).numpy() for x in zip(*parts))
+    return s, b, t
 
 
 def _detection_pairs(
