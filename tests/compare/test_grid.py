@@ -134,6 +134,7 @@ EXPECTED_CELLS = {
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
     "ladder_variant_short.yaml": {"ladder_variant": 4},
+    "hcrar_weight_short.yaml": {"hcrar_weight": 3},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
     "hyper_params_short.yaml": {
         "hcrac_bins": 3,
@@ -262,3 +263,22 @@ def test_variant_ladder_tops_out_at_the_full_variant(tmp_path):
     atss = _short_cell("ladder_variant_short.yaml", "ladder_variant", "ATSS", tmp_path / "c")
     spec_atss = _short_cell("ladder_short.yaml", "ladder", "ATSS", tmp_path / "d")
     assert _config_key(atss) == _config_key(spec_atss) != _config_key(top)
+
+
+def test_hcrar_weight_grid_reuses_the_variant_ladder(tmp_path):
+    """hcrar_weight_short.yaml's GIoU and HCRAR w1.5 cells are the variant ladder's two top
+    rungs (same config, so `--reuse-from` copies them), and HCRAR w2.0 differs from
+    HCRAR w1.5 in the loss weight only."""
+    from hcral.compare.runner import _config_key
+
+    def cell(grid: str, study: str, name: str) -> Config:
+        return _short_cell(grid, study, name, tmp_path / grid / name)
+
+    weight = "hcrar_weight_short.yaml", "hcrar_weight"
+    ladder = "ladder_variant_short.yaml", "ladder_variant"
+    assert _config_key(cell(*weight, "GIoU w2.0")) == _config_key(cell(*ladder, "+HCRAC-F"))
+    assert _config_key(cell(*weight, "HCRAR w1.5")) == _config_key(cell(*ladder, "+HCRAR"))
+    w15, w20 = cell(*weight, "HCRAR w1.5").model, cell(*weight, "HCRAR w2.0").model
+    assert w15.reg_loss_args["loss_weight"] == 1.5 and w20.reg_loss_args["loss_weight"] == 2.0
+    assert dataclasses.replace(w20, reg_loss_args={**w20.reg_loss_args, "loss_weight": 1.5}) == w15
+    assert cell(*weight, "GIoU w2.0").model.reg_loss_args == {"loss_weight": 2.0}
