@@ -305,16 +305,23 @@ def test_plot_trace_lines_and_gaps(tmp_path, monkeypatch):
         viz.plot_trace([], panels, tmp_path / "x.png")
 
 
-def test_make_figures_pools_runs_that_share_a_name(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> list[str]:
+    """[config.yaml, last.pt] of a one-iteration tiny ATSS run, for the make_figures tests."""
     from tests._scripts import tiny_config
 
     from hcral.engine.train import build_datasets, train
 
+    tmp_path = tmp_path_factory.mktemp("tiny_run")
     cfg = tiny_config(tmp_path)
     cfg.train.max_iters = 1
     cfg.train.output_dir = str(tmp_path / "run")
     train(cfg, train_set=build_datasets(cfg)[0])
-    run = [str(tmp_path / "run" / "config.yaml"), str(tmp_path / "run" / "last.pt")]
+    return [str(tmp_path / "run" / "config.yaml"), str(tmp_path / "run" / "last.pt")]
+
+
+def test_make_figures_pools_runs_that_share_a_name(tmp_path, capsys, tiny_run):
+    run = tiny_run
     module = load_script("make_figures")
     argv = ["--out", str(tmp_path / "f"), "--max-images", "1", "--scatter-png", "s.png"]
     module.main(argv + ["--run", "one", *run])
@@ -390,16 +397,8 @@ def test_make_figures_hcrar_terms_and_table_by_hand():
     assert w_clamped == pytest.approx(r_c / r_c.mean() * np.array([1.0, np.exp(0.05)]))
 
 
-def test_make_figures_hcrar_run_pools(tmp_path, capsys):
-    from tests._scripts import tiny_config
-
-    from hcral.engine.train import build_datasets, train
-
-    cfg = tiny_config(tmp_path)
-    cfg.train.max_iters = 1
-    cfg.train.output_dir = str(tmp_path / "run")
-    train(cfg, train_set=build_datasets(cfg)[0])
-    run = [str(tmp_path / "run" / "config.yaml"), str(tmp_path / "run" / "last.pt")]
+def test_make_figures_hcrar_run_pools(tmp_path, capsys, tiny_run):
+    run = tiny_run
     module = load_script("make_figures")
     argv = ["--out", str(tmp_path / "f"), "--max-images", "1"]
 
