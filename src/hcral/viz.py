@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -247,6 +247,22 @@ def _one_by_one(
         )
 
 
+def _gather(
+    per_image: Callable[..., tuple[Tensor, ...]],
+    images: Iterable[tuple[Tensor, tuple[int, int], dict]],
+    empty: tuple[np.ndarray, ...],
+) -> tuple[np.ndarray, ...]:
+    """Each output of ``per_image(batch, [size], target)`` as float32, concatenated over
+    ``images`` (as :func:`_one_by_one` yields them); ``empty`` when there is no image."""
+    parts = [
+        tuple(x.float().cpu() for x in per_image(batch, [size], target))
+        for batch, size, target in images
+    ]
+    if not parts:
+        return empty
+    return tuple(torch.cat(x).numpy() for x in zip(*parts))
+
+
 @torch.no_grad()
 def collect_score_iou(
     model: torch.nn.Module,
@@ -293,14 +309,11 @@ def collect_score_iou(
         raise ValueError(f"mode 'assigned' needs a DenseDetector, got {type(model).__name__}")
     pairs = _assigned_pairs if mode == "assigned" else _detection_pairs
     model.eval()
-    scores, ious = [], []
-    for batch, size, target in _one_by_one(dataset, max_images, size_divisibility, device):
-        s, u = pairs(model, batch, [size], target, min_iou)
-        scores.append(s.float().cpu())
-        ious.append(u.float().cpu())
-    if not scores:
-        return np.zeros(0), np.zeros(0)
-    return torch.cat(scores).numpy(), torch.cat(ious).numpy()
+    return _gather(
+        lambda batch, sizes, target: pairs(model, batch, sizes, target, min_iou),
+        _one_by_one(dataset, max_images, size_divisibility, device),
+        empty=(np.zeros(0), np.zeros(0)),
+    )
 
 
 def _assigned_forward(
@@ -370,14 +383,11 @@ def collect_assigned_boxes(
         name = type(model).__name__
         raise ValueError(f"collect_assigned_boxes needs a DenseDetector, got {name}")
     model.eval()
-    parts: list[tuple[Tensor, ...]] = []
-    for batch, size, target in _one_by_one(dataset, max_images, size_divisibility, device):
-        positives = _assigned_positives(model, batch, [size], target)
-        parts.append(tuple(x.float().cpu() for x in positives))
-    if not parts:
-        return np.zeros(0), np.zeros((0, 4)), np.zeros((0, 4))
-    s, b, t = (torch.cat(x).numpy() for x in zip(*parts))
-    return s, b, t
+    return _gather(
+        lambda batch, sizes, target: _assigned_positives(model, batch, sizes, target),
+        _one_by_one(dataset, max_images, size_divisibility, device),
+        empty=(np.zeros(0), np.zeros((0, 4)), np.zeros((0, 4))),
+    )
 
 
 def _detection_pairs(
@@ -429,17 +439,20 @@ def collect_entry_scores(
     """
     from hcral.losses._reduce import one_hot_targets
 
-    model.eval()
-    background, positive = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
-    for batch, size, target in _one_by_one(dataset, max_images, size_divisibility, device):
-        cls, _, assign, _ = _assigned_forward(model, batch, [size], target)
+    def split(batch: Tensor, sizes: list[tuple[int, int]], target: dict) -> tuple[Tensor, Tensor]:
+        cls, _, assign, _ = _assigned_forward(model, batch, sizes, target)
         labels = assign.labels[0]  # (R,) 0..C-1 positive, C background, -1 ignored
         valid = labels >= 0
         scores = cls[0, valid].sigmoid()  # (R', C)
         own = one_hot_targets(labels[valid], cls.shape[-1]).bool()
-        background.append(scores[~own].cpu().numpy())
-        positive.append(scores[own].cpu().numpy())
-    return np.concatenate(background), np.concatenate(positive)
+        return scores[~own], scores[own]
+
+    model.eval()
+    return _gather(
+        split,
+        _one_by_one(dataset, max_images, size_divisibility, device),
+        empty=(np.zeros(0, np.float32), np.zeros(0, np.float32)),
+    )
 
 
 def plot_entry_scores(
