@@ -133,23 +133,24 @@ def _entry_scores(runs: list[list[str]], args: argparse.Namespace) -> dict:
 IOU_BINS = (0.0, 0.3, 0.5, 0.7, 0.85, 1.0)
 
 
-def hcrar_terms(scores, pred, target, **hcrar_args) -> tuple:
+def hcrar_terms(scores, pred, target, criterion) -> tuple:
     """(IoU (P,), HCRAR weight r̃ · CF_reg (P,), 1 − GIoU (P,)) of one run's positives.
 
-    r̄ is the mean r over these positives: the value the EMA of batch means settles at.
-    ``hcrar_args``: ``alpha``, ``ep``, ``r_max``, ``gamma``, ``delta``, ``focusing``,
-    ``centre`` of :class:`hcral.losses.HCRARLoss` (``loss_weight`` is ignored).
+    ``criterion``: the :class:`hcral.losses.hcrar.HCRARLoss` whose α, ep, r_max, γ, δ,
+    focusing and centre are used (its loss weight and r̄ EMA are not). r̄ is the mean r
+    over these positives: the value the EMA of batch means settles at.
     """
     import torch
 
     from hcral.boxes import aligned_giou
     from hcral.losses.hcrar import hcrar_weight, iou_and_centre_ratio, rci_coefficient
 
-    kw = {k: v for k, v in hcrar_args.items() if k != "loss_weight"}
+    c = criterion
     s, p, t = (torch.as_tensor(x, dtype=torch.float64) for x in (scores, pred, target))
     ious, ratio = iou_and_centre_ratio(p, t)
-    r = rci_coefficient(s, ious, kw.pop("alpha", -0.1), kw.pop("ep", 1e-3), kw.pop("r_max", None))
-    w = hcrar_weight(p, t, r, ious, centre_ratio=ratio, **kw)
+    r = rci_coefficient(s, ious, c.alpha, c.ep, c.r_max)
+    w = hcrar_weight(p, t, r, ious, gamma=c.gamma, delta=c.delta, focusing=c.focusing,
+                     centre=c.centre, centre_ratio=ratio)  # fmt: skip
     return ious.numpy(), w.numpy(), (1 - aligned_giou(p, t)).numpy()
 
 
@@ -177,13 +178,22 @@ def hcrar_table(terms: dict, bins: tuple = IOU_BINS) -> str:
     return "\n".join(lines)
 
 
-def _hcrar_terms(runs: list[list[str]], args: argparse.Namespace) -> dict:
-    """name → :func:`hcrar_terms`, pooled over the runs of a name."""
+def _hcrar_criterion(text: str):
+    """The HCRARLoss that ``--hcrar-args`` (a YAML mapping) describes; names and values
+    are checked here, before any run is loaded or figure written."""
     import yaml
 
-    from hcral.viz import collect_assigned_boxes
+    from hcral.losses import build_reg_loss
 
-    hcrar_args = yaml.safe_load(args.hcrar_args) or {}
+    hcrar_args = yaml.safe_load(text) or {}
+    if not isinstance(hcrar_args, dict):
+        raise ValueError(f"--hcrar-args must be a YAML mapping, got {text!r}")
+    return build_reg_loss("hcrar", **hcrar_args)
+
+
+def _hcrar_terms(runs: list[list[str]], args: argparse.Namespace, criterion) -> dict:
+    """name → :func:`hcrar_terms` with ``criterion``, pooled over the runs of a name."""
+    from hcral.viz import collect_assigned_boxes
 
     def collect(name: str, config: str, weights: str) -> tuple:
         model, dataset, cfg = _load(config, weights, args.device)
@@ -191,7 +201,7 @@ def _hcrar_terms(runs: list[list[str]], args: argparse.Namespace) -> dict:
         boxes = collect_assigned_boxes(
             model, dataset, args.device, args.max_images, cfg.data.size_divisibility
         )
-        return hcrar_terms(*boxes, **hcrar_args)
+        return hcrar_terms(*boxes, criterion)
 
     return _pooled(runs, collect)
 
@@ -210,36 +220,27 @@ def entry_table(scores: dict) -> str:
     return "\n".join(lines)
 
 
+def _add_run_option(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
+    """A repeatable ``FLAG NAME CONFIG WEIGHTS`` option; runs sharing NAME are pooled."""
+    parser.add_argument(
+        flag,
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "CONFIG", "WEIGHTS"),
+        help=f"a trained detector {what} (runs sharing NAME are pooled)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
-    parser.add_argument(
-        "--run",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "CONFIG", "WEIGHTS"),
-        help="a trained detector for the score-vs-IoU figure, e.g. a baseline and HCRAL "
-        "(runs sharing NAME are pooled)",
-    )
+    _add_run_option(parser, "--run", "for the score-vs-IoU figure, e.g. a baseline and HCRAL")
     parser.add_argument("--scatter-png", default="score_vs_iou.png")
-    parser.add_argument(
-        "--entry-run",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "CONFIG", "WEIGHTS"),
-        help="a trained detector for the entry-score histograms (runs sharing NAME are pooled)",
-    )
+    _add_run_option(parser, "--entry-run", "for the entry-score histograms")
     parser.add_argument("--entry-png", default="entry_scores.png")
-    parser.add_argument(
-        "--hcrar-run",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "CONFIG", "WEIGHTS"),
-        help="a trained detector whose positives get HCRAR's weights, printed by IoU bin "
-        "(runs sharing NAME are pooled)",
+    _add_run_option(
+        parser, "--hcrar-run", "whose positives get HCRAR's weights, printed by IoU bin"
     )
     parser.add_argument(
         "--hcrar-args",
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default="auto", choices=["auto", "assigned", "detections"])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    criterion = _hcrar_criterion(args.hcrar_args) if args.hcrar_run else None
 
     from hcral.viz import plot_entry_scores, plot_score_vs_iou, plot_weight_functions
 
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         print(entry_table(scores))
         print(f"wrote {out}")
     if args.hcrar_run:
-        print(hcrar_table(_hcrar_terms(args.hcrar_run, args)))
+        print(hcrar_table(_hcrar_terms(args.hcrar_run, args, criterion)))
 
 
 if __name__ == "__main__":

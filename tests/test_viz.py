@@ -367,11 +367,13 @@ def test_collect_assigned_boxes_are_the_scatter_positives(device):
 
 
 def test_make_figures_hcrar_terms_and_table_by_hand():
+    from hcral.losses.hcrar import HCRARLoss
+
     module = load_script("make_figures")
     target = [[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 20.0]]
     pred = [[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 10.0]]  # IoU 1, and IoU 0.5
-    ious, w, g = module.hcrar_terms([0.5, 0.1], pred, target, alpha=-0.1, ep=0.001,
-                                    focusing=False, loss_weight=9.0)  # fmt: skip
+    criterion = HCRARLoss(alpha=-0.1, ep=0.001, focusing=False, loss_weight=9.0)
+    ious, w, g = module.hcrar_terms([0.5, 0.1], pred, target, criterion)
     # r = (s - α + ep) / (u + ep); r̄ = their mean; box 2's centre is off by 5 px in a
     # 10 x 20 enclosing box: CF = exp(25 / 500). 1 - GIoU: 0, and 1 - 0.5 (C = union).
     r = np.array([0.601 / 1.001, 0.201 / 0.501])
@@ -392,7 +394,8 @@ def test_make_figures_hcrar_terms_and_table_by_hand():
     assert by_bin["0.00–0.30"][:2] == ["0", "0.0%"] and by_bin["0.00–0.30"][2] == "–"
     assert by_bin["all"][:3] == ["2", "100%", f"{expected_w.mean():.2f}"]
     # r_max clamps r before r̄: with r_max 0.45, box 1's r = 0.6004 becomes 0.45
-    _, w_clamped, _ = module.hcrar_terms([0.5, 0.1], pred, target, r_max=0.45, focusing=False)
+    clamped = HCRARLoss(r_max=0.45, focusing=False)
+    _, w_clamped, _ = module.hcrar_terms([0.5, 0.1], pred, target, clamped)
     r_c = np.array([0.45, 0.201 / 0.501])
     assert w_clamped == pytest.approx(r_c / r_c.mean() * np.array([1.0, np.exp(0.05)]))
 
@@ -413,3 +416,17 @@ def test_make_figures_hcrar_run_pools(tmp_path, capsys, tiny_run):
     assert [r[1] for r in one][-1] == "all" and int(one[-1][2]) > 0
     for a, b in zip(one, two, strict=True):  # counts double, shares and means stay
         assert int(b[2]) == 2 * int(a[2]) and b[3:] == a[3:]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [("[1, 2]", "--hcrar-args must be a YAML mapping"), ("{nope: 1}", "bad arguments"),
+     ("{alpha: 0.5}", "alpha must be <= 0")],
+)  # fmt: skip
+def test_make_figures_bad_hcrar_args_fail_before_loading(tmp_path, text, match):
+    module = load_script("make_figures")
+    missing = [str(tmp_path / "no.yaml"), str(tmp_path / "no.pt")]  # never opened
+    argv = ["--out", str(tmp_path / "f"), "--hcrar-args", text, "--hcrar-run", "x", *missing]
+    with pytest.raises(ValueError, match=match):
+        module.main(argv)
+    assert not (tmp_path / "f").exists()  # not even the weight-function figure
