@@ -62,6 +62,27 @@ def test_bench_train_step_prints_each_model_and_each_target():
         assert (verdict == "ok") == (float(ratio) <= float(target))
 
 
+def test_bench_train_step_judges_the_ratio_as_printed():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH / "bench_train_step.py")
+    bts = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bts  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bts)
+    finally:
+        del sys.modules[spec.name]
+    names = ["torchvision RetinaNet", "RetinaNet focal+L1", "RetinaNet focal+GIoU",
+             "FCOS+ATSS focal+GIoU+ATSS", "FCOS+ATSS HCRAL (EATSS+HCRAC+HCRAR)",
+             "FCOS+ATSS focal+GIoU+ATSS +EMA"]  # fmt: skip
+    times = dict.fromkeys(names, 1.0)
+    times["FCOS+ATSS focal+GIoU+ATSS +EMA"] = 1.0512  # prints 1.05, the target: ok
+    times["FCOS+ATSS HCRAL (EATSS+HCRAC+HCRAR)"] = 1.1051  # prints 1.11 > 1.1: over
+    out = bts.report({n: {"fp32": t} for n, t in times.items()}, batch=1)
+    assert "+EMA / FCOS+ATSS focal+GIoU+ATSS = 1.05x (target ≤ 1.05x: ok)" in out, out
+    assert "= 1.11x (target ≤ 1.1x: OVER TARGET)" in out, out
+
+
 def test_bench_assigners_counts_on_an_existing_small_sample(tmp_path):
     from hcral.data.sample import make_sample
 
