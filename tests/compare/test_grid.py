@@ -51,6 +51,7 @@ def test_load_grid_product_and_list(tmp_path, base_cfg):
         "model.cls_loss_args.bins": 10,
     }
     assert [c.name for c in ladder.cells] == ["A", "B"] and ladder.reference == "A"
+    assert not hp.ladder and not ladder.ladder  # the step table is asked for, not guessed
     assert ladder.cells[1].overrides == {"train.max_iters": 4, "model.assigner": "eatss"}
 
 
@@ -99,6 +100,7 @@ def test_missing_or_malformed_base_fails_when_the_grid_loads(tmp_path, base_cfg)
         ({"s": {"cells": [{"set": {}}]}}, "name"),
         ({"s": {"cells": [{"name": "a"}], "reference": "b"}}, "reference 'b'"),
         ({"s": {"cells": [{"name": "a"}], "extra": 1}}, "unknown key"),
+        ({"s": {"cells": [{"name": "a"}], "ladder": 1}}, "studies.s.ladder: expected true"),
     ],
 )
 def test_load_grid_errors(tmp_path, base_cfg, studies, match):
@@ -238,11 +240,13 @@ def test_short_retinanet_cells_reuse_the_box_loss_grid(grid, study, cell, same_a
     "grid, rungs",
     [
         ("ladder.yaml", ["ATSS", "EATSS", "+HCRAC", "+HCRAR"]),
+        ("ladder_short.yaml", ["ATSS", "EATSS", "+HCRAC", "+HCRAR"]),
         ("ladder_variant_short.yaml", ["ATSS", "EATSS-gate0.3", "+HCRAC-F", "+HCRAR"]),
     ],
 )
 def test_ladder_is_cumulative(grid, rungs):
     (ladder,) = load_grid(ABLATIONS / grid)
+    assert ladder.ladder  # its report tabulates what each rung adds
     assert [c.name for c in ladder.cells][: len(rungs)] == rungs
     for earlier, later in zip(ladder.cells, ladder.cells[1 : len(rungs)]):
         kept = {k: later.overrides.get(k) for k in earlier.overrides}

@@ -50,6 +50,19 @@ def test_run_compare_writes_runs_tables_and_plot(tmp_path, base_cfg):
     assert (out / "mu" / "ap_bars.png").stat().st_size > 1000
 
 
+def test_ladder_study_report_has_the_step_table(tmp_path, base_cfg):
+    cells = [{"name": "mu0", "set": {"model.cls_loss_args.mu": 0}},
+             {"name": "mu5", "set": {"model.cls_loss_args.mu": 5}}]  # fmt: skip
+    grid = write_yaml(
+        tmp_path / "grid.yaml",
+        {"base": base_cfg.name, "studies": {"lad": {"ladder": True, "cells": cells}}},
+    )
+    out = tmp_path / "out"
+    text = run_compare(grid, seeds=2, out_dir=out, train_fn=FakeTrain(), plots=False).read_text()
+    assert "What each rung adds" in text and "| `mu0` → `mu5` | +5.0 |" in text
+    assert json.loads((out / "lad" / "summary.json").read_text())["steps"][0]["upper"] == "mu5"
+
+
 def test_run_compare_skips_finished_and_resumes_interrupted(tmp_path, base_cfg):
     grid, out = write_grid(tmp_path, base_cfg), tmp_path / "out"
     crashing = FakeTrain(crash_on=("mu=5", 10))

@@ -133,3 +133,48 @@ def test_summarize_study_missing_metric_or_reference():
         summarize_study("s", "a", {"a": [{"AP": 1.0, "AP50": 2.0}]})
     with pytest.raises(ValueError, match="reference"):
         summarize_study("s", "zzz", _runs({"a": [1.0]}))
+
+
+def _by_seed(values: dict[str, dict[int, float]]) -> dict[str, list[dict]]:
+    return {
+        name: [{"AP": v, "AP50": v, "AP75": v, "seed": k} for k, v in seeds.items()]
+        for name, seeds in values.items()
+    }
+
+
+def test_ladder_steps_compare_each_cell_with_the_one_above():
+    runs = _by_seed({
+        "A": {0: 1.0, 1: 2.0, 2: 3.0},
+        "B": {0: 2.0, 1: 4.0, 2: 3.0},
+        "C": {0: 2.5, 1: 4.5, 3: 3.0},  # seed 3 has no partner in B
+        "D": {0: 10.0, 1: 11.0, 2: 12.0},
+    })  # fmt: skip
+    table = summarize_study("ladder", "A", runs, ladder=True)
+    ab, bc, cd = table.steps
+    assert [(s.lower, s.upper) for s in table.steps] == [("A", "B"), ("B", "C"), ("C", "D")]
+    # A→B: means 2 and 3, both std 1. Welch: se √(2/3), df 4, t 2.7764 -> 1 ± 2.2670.
+    # Paired: d = [1, 2, 0], sd 1, se 1/√3, t2 4.3027 -> 1 ± 2.4842.
+    assert ab.delta == pytest.approx(1.0) and ab.mark == "≈"
+    assert ab.welch_ci == pytest.approx((1 - 2.26697, 1 + 2.26697), abs=1e-4)
+    assert ab.paired_ci == pytest.approx((1 - 2.48418, 1 + 2.48418), abs=1e-4)
+    assert ab.seed_deltas == pytest.approx({0: 1.0, 1: 2.0, 2: 0.0})
+    # least n with t_{n-1} · 2 / √n < 1: n = 18 (t17 = 2.110 -> 0.995); n = 17 gives 1.028
+    assert ab.seeds_needed == 18
+    # B→C pairs only seeds 0 and 1 (d = 0.5 twice); the Welch delta uses all of C's seeds
+    assert bc.seed_deltas == pytest.approx({0: 0.5, 1: 0.5})
+    assert bc.paired_delta == pytest.approx(0.5) and bc.delta == pytest.approx(10 / 3 - 3)
+    assert cd.mark == "▲" and cd.seeds_needed is None
+    text = render_markdown(table)
+    assert "| `A` → `B` | +1.0 | [-1.3, +3.3] | [-1.5, +3.5] | +1.0 / +2.0 / +0.0 | 18 |" in text
+    cd_line = next(line for line in text.splitlines() if "`C` → `D`" in line)
+    assert cd_line.endswith("| apart |")
+    steps = compare.table_dict(table)["steps"]
+    assert [s["seed_deltas"] for s in steps][1] == pytest.approx({"0": 0.5, "1": 0.5})
+
+
+def test_no_step_table_unless_the_study_is_a_ladder():
+    runs = _by_seed({"A": {0: 1.0, 1: 2.0}, "B": {0: 2.0, 1: 4.0}})
+    table = summarize_study("s", "A", runs)
+    assert table.steps == [] and compare.table_dict(table)["steps"] == []
+    assert "What each rung adds" not in render_markdown(table)
+    assert "What each rung adds" in render_markdown(summarize_study("s", "A", runs, ladder=True))

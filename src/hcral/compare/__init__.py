@@ -15,6 +15,7 @@ is YAML with three keys::
           model.cls_loss_args.mu: [3, 5]  # deeper keys merge into a dict-valued field
         reference: cls_loss=focal,mu=5    # optional; default: the first cell
       ladder:                             # a list study: named cells, in order
+        ladder: true                      # optional: also tabulate what each cell adds
         cells:
           - {name: ATSS}
           - {name: EATSS, set: {model.assigner: eatss}}
@@ -46,7 +47,10 @@ column the t interval of the per-seed differences over the seeds both cells ran 
 of every cell starts from the same weights and image order, so seeds often move all
 cells alike; :func:`paired_difference_interval`); under the table come
 the AP of every seed and, for the cells marked ``≈``, how many seeds per cell would set
-the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`).
+the intervals apart at the observed ΔAP and spread (:func:`seeds_to_separate`). A
+study with ``ladder: true`` (each cell adds one part to the cell before it) gets a
+second table, :func:`ladder_steps`: every cell against the cell above it, with the
+Welch and paired intervals, the per-seed differences and the seeds needed.
 
 Runs whose resolved configs are identical (apart from the folder) train once: the
 others get a copy of its ``metrics.json`` marked ``reused_from``
@@ -94,9 +98,12 @@ from hcral.compare.stats import (
 from hcral.compare.tables import (
     TABLE_METRICS,
     CellSummary,
+    StepSummary,
     StudyTable,
     format_summary,
+    ladder_steps,
     render_markdown,
+    render_steps,
     summarize_study,
     table_dict,
     table_digits,
@@ -109,6 +116,7 @@ __all__ = [
     "CellSummary",
     "CompareInterrupted",
     "RunPlan",
+    "StepSummary",
     "Study",
     "StudyTable",
     "Summary",
@@ -121,11 +129,13 @@ __all__ = [
     "find_finished_runs",
     "format_summary",
     "intervals_overlap",
+    "ladder_steps",
     "load_grid",
     "match_finished_run",
     "paired_difference_interval",
     "plan_runs",
     "render_markdown",
+    "render_steps",
     "reuse_run",
     "run_cell_seed",
     "run_compare",

@@ -29,6 +29,7 @@ class Study:
     base: Path
     cells: list[Cell]
     reference: str
+    ladder: bool = False  # each cell adds one part to the one before: tabulate the steps
     # The base config as read when the grid was loaded: a grid that runs for hours is not
     # changed half-way by an edit to the base file (later cells would silently differ).
     base_raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -72,7 +73,7 @@ def _list_cells(items: Any, where: str) -> list[Cell]:
 def _parse_study(name: str, spec: Any, grid: dict[str, Any], root: Path, where: str) -> Study:
     where = f"{where}: studies.{name}"
     spec = _mapping(spec, where)
-    unknown = sorted(set(spec) - {"base", "set", "axes", "cells", "reference"})
+    unknown = sorted(set(spec) - {"base", "set", "axes", "cells", "reference", "ladder"})
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}")
     if ("axes" in spec) == ("cells" in spec):
@@ -89,11 +90,14 @@ def _parse_study(name: str, spec: Any, grid: dict[str, Any], root: Path, where: 
     reference = spec.get("reference", names[0])
     if reference not in names:
         raise ValueError(f"{where}: reference {reference!r} is not one of the cells {names}")
+    ladder = spec.get("ladder", False)
+    if not isinstance(ladder, bool):
+        raise ValueError(f"{where}.ladder: expected true or false, got {ladder!r}")
     base = spec.get("base", grid.get("base"))
     if not isinstance(base, str):
         raise ValueError(f"{where}: no 'base' config path (set it on the grid or the study)")
     path = (root / base).resolve()
-    return Study(name, path, cells, reference, _read_base(path, name))
+    return Study(name, path, cells, reference, ladder, _read_base(path, name))
 
 
 def _read_base(path: Path, study: str) -> dict[str, Any]:

@@ -503,7 +503,7 @@ def _study_report(
     if study.reference in missing:
         return f"### {study.name}\n\nNo finished run of the reference yet.\n"
     runs = {name: done for name, done in runs.items() if done}
-    table = summarize_study(study.name, study.reference, runs)
+    table = summarize_study(study.name, study.reference, runs, ladder=study.ladder)
     text = render_markdown(table, table_digits(table))
     if missing:
         text += "\nNot run yet: " + ", ".join(f"`{name}`" for name in missing) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,13 +38,30 @@ class CellSummary:
 
 
 @dataclass
+class StepSummary:
+    """What one rung of a ladder adds: AP of ``upper`` minus AP of ``lower``, the row above."""
+
+    lower: str
+    upper: str
+    delta: float  # difference of the mean APs
+    welch_ci: tuple[float, float]
+    mark: str  # compare_mark(upper, lower)
+    paired_delta: float = math.nan
+    paired_ci: tuple[float, float] = (math.nan, math.nan)
+    seed_deltas: dict[int, float] = field(default_factory=dict)  # seeds both ran, in order
+    seeds_needed: int | None = None  # seeds_to_separate at delta, when the mark is ≈
+
+
+@dataclass
 class StudyTable:
-    """One study's aggregated rows; ``reference`` names the row the marks compare with."""
+    """One study's aggregated rows; ``reference`` names the row the marks compare with;
+    ``steps`` (ladder studies only) compares each row with the row above it."""
 
     study: str
     reference: str
     rows: list[CellSummary] = field(default_factory=list)
     confidence: float = 0.95
+    steps: list[StepSummary] = field(default_factory=list)
 
 
 def summarize_study(
@@ -52,12 +70,14 @@ def summarize_study(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
     metrics: Sequence[str] = TABLE_METRICS,
     confidence: float = 0.95,
+    ladder: bool = False,
 ) -> StudyTable:
     """Aggregate per-seed metric dicts into a :class:`StudyTable`.
 
     Args:
         runs: cell name → list of per-seed dicts holding ``metrics`` and ``wall_time_s``;
             cells in table order; ``reference`` must be one of them.
+        ladder: also compare every cell with the one before it (:func:`ladder_steps`).
     """
     if reference not in runs:
         raise ValueError(f"reference {reference!r} is not one of the cells {list(runs)}")
@@ -84,7 +104,34 @@ def summarize_study(
             if row.mark == "≈":
                 delta = cell_ap.mean - ref_ap.mean
                 row.seeds_needed = seeds_to_separate(delta, cell_ap.std, ref_ap.std, confidence)
-    return StudyTable(study, reference, rows, confidence)
+    steps = ladder_steps(rows, runs, confidence) if ladder else []
+    return StudyTable(study, reference, rows, confidence, steps)
+
+
+def ladder_steps(
+    rows: Sequence[CellSummary],
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    confidence: float = 0.95,
+) -> list[StepSummary]:
+    """AP of each row against the row above it, for a ladder whose rows each add one part.
+
+    The reference column answers "how far is this rung from the bottom"; a ladder also
+    asks "what did this rung add", which the difference of two reference deltas cannot
+    answer with an interval. Welch and paired intervals as in :func:`summarize_study`.
+    """
+    steps = []
+    for lower, upper in itertools.pairwise(rows):
+        a, b = lower.metrics["AP"], upper.metrics["AP"]
+        mark = compare_mark(b, a)
+        by_a, by_b = _ap_by_seed(runs[lower.name]), _ap_by_seed(runs[upper.name])
+        mean, lo, hi, _ = paired_difference_interval(by_b, by_a, confidence)
+        welch = difference_interval(b, a, confidence)
+        step = StepSummary(lower.name, upper.name, b.mean - a.mean, welch, mark, mean, (lo, hi))
+        step.seed_deltas = {k: by_b[k] - by_a[k] for k in sorted(set(by_a) & set(by_b))}
+        if mark == "≈":
+            step.seeds_needed = seeds_to_separate(step.delta, a.std, b.std, confidence)
+        steps.append(step)
+    return steps
 
 
 def _ap_by_seed(seeds: Sequence[Mapping[str, Any]]) -> dict[int, float]:
@@ -166,7 +213,41 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
         for row in needed:
             n = row.seeds_needed
             lines.append(f"- `{row.name}`: " + (f"{n}" if n else "more than 1000 (or ΔAP = 0)"))
+    if table.steps:
+        lines += ["", *render_steps(table.steps, table.confidence, digits)]
     return "\n".join(lines) + "\n"
+
+
+def _format_ci(ci: tuple[float, float], digits: int) -> str:
+    lo, hi = ci
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "–"
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def render_steps(steps: Sequence[StepSummary], confidence: float, digits: int = 1) -> list[str]:
+    """Markdown lines of the ladder table: what each rung adds over the rung below."""
+    pct = round(confidence * 100)
+    lines = [
+        "What each rung adds (AP of a cell minus AP of the cell above it; per seed: the "
+        "seeds both ran, in seed order):",
+        "",
+        f"| step | ΔAP | Welch {pct}% CI | paired {pct}% CI | per seed "
+        "| seeds per cell to separate |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for s in steps:
+        per_seed = " / ".join(f"{d:+.{digits}f}" for d in s.seed_deltas.values()) or "–"
+        if s.mark != "≈":
+            needed = "apart" if s.mark in "▲▼" else "–"
+        else:
+            needed = str(s.seeds_needed) if s.seeds_needed else "> 1000"
+        welch, paired = _format_ci(s.welch_ci, digits), _format_ci(s.paired_ci, digits)
+        lines.append(
+            f"| `{s.lower}` → `{s.upper}` | {s.delta:+.{digits}f} | {welch} | {paired}"
+            f" | {per_seed} | {needed} |"
+        )
+    return lines
 
 
 def table_dict(table: StudyTable) -> dict[str, Any]:
@@ -189,5 +270,19 @@ def table_dict(table: StudyTable) -> dict[str, Any]:
                 "metrics": {m: vars(s) for m, s in r.metrics.items()},
             }
             for r in table.rows
+        ],
+        "steps": [
+            {
+                "lower": s.lower,
+                "upper": s.upper,
+                "delta_ap": s.delta,
+                "delta_ap_ci": list(s.welch_ci),
+                "mark": s.mark,
+                "paired_delta_ap": s.paired_delta,
+                "paired_delta_ap_ci": list(s.paired_ci),
+                "seed_deltas": {str(k): d for k, d in s.seed_deltas.items()},
+                "seeds_needed": s.seeds_needed,
+            }
+            for s in table.steps
         ],
     }
