@@ -165,6 +165,7 @@ def test_ladder_steps_compare_each_cell_with_the_one_above():
     assert bc.paired_delta == pytest.approx(0.5) and bc.delta == pytest.approx(10 / 3 - 3)
     assert cd.mark == "▲" and cd.seeds_needed is None
     text = render_markdown(table)
+    assert "- `A` (seeds 0–2): 1.0 / 2.0 / 3.0" in text and "- `C` (seeds 0, 1, 3): " in text
     assert "| `A` → `B` | +1.0 | [-1.3, +3.3] | [-1.5, +3.5] | +1.0 / +2.0 / +0.0 | 18 |" in text
     cd_line = next(line for line in text.splitlines() if "`C` → `D`" in line)
     assert cd_line.endswith("| apart |")

@@ -30,6 +30,7 @@ class CellSummary:
     mark: str = ""
     delta_ci: tuple[float, float] = (math.nan, math.nan)  # Welch, AP against the reference
     seeds_ap: list[float] = field(default_factory=list)  # AP of each seed, in seed order
+    seeds: list[int] = field(default_factory=list)  # their train.seed; empty when not all known
     seeds_needed: int | None = None  # seeds_to_separate at the observed ΔAP, when ≈
     # paired_difference_interval on AP against the reference: (lo, hi) and common seeds
     paired_delta: float = math.nan
@@ -90,7 +91,8 @@ def summarize_study(
             summaries[m] = summarize([float(r[m]) for r in seeds], confidence)
         wall = math.fsum(float(r.get("wall_time_s", math.nan)) for r in seeds) / len(seeds)
         ap = [float(r["AP"]) for r in seeds] if "AP" in metrics else []
-        rows.append(CellSummary(name, summaries, wall, seeds_ap=ap))
+        ids = list(_ap_by_seed(seeds)) if ap else []
+        rows.append(CellSummary(name, summaries, wall, seeds_ap=ap, seeds=ids))
     ref = next(r for r in rows if r.name == reference)
     for row in rows:
         row.mark = "ref" if row is ref else compare_mark(row.metrics["AP"], ref.metrics["AP"])
@@ -206,7 +208,8 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
     lines.append("AP per seed:")
     for row in table.rows:
         values = " / ".join(f"{v:.{digits}f}" for v in row.seeds_ap)
-        lines.append(f"- `{row.name}`: {values}")
+        seeds = f" (seeds {_seed_list(row.seeds)})" if row.seeds else ""
+        lines.append(f"- `{row.name}`{seeds}: {values}")
     needed = [row for row in table.rows if row.mark == "≈"]
     if needed:
         lines += ["", "Seeds per cell for intervals apart at the observed ΔAP and spread:"]
@@ -216,6 +219,13 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
     if table.steps:
         lines += ["", *render_steps(table.steps, table.confidence, digits)]
     return "\n".join(lines) + "\n"
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    """``"5–10"`` for a run of consecutive seeds, else ``"0, 2, 5"``."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(str(k) for k in seeds)
 
 
 def _format_ci(ci: tuple[float, float], digits: int) -> str:
@@ -265,6 +275,7 @@ def table_dict(table: StudyTable) -> dict[str, Any]:
                 "paired_delta_ap_ci": list(r.paired_ci),
                 "paired_n": r.paired_n,
                 "seeds_ap": r.seeds_ap,
+                "seeds": r.seeds,
                 "seeds_needed": r.seeds_needed,
                 "wall_time_s": r.wall_time_s,
                 "metrics": {m: vars(s) for m, s in r.metrics.items()},
