@@ -63,15 +63,9 @@ def test_bench_train_step_prints_each_model_and_each_target():
 
 
 def test_bench_train_step_judges_the_ratio_as_printed():
-    import importlib.util
+    from tests._scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH / "bench_train_step.py")
-    bts = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bts  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(bts)
-    finally:
-        del sys.modules[spec.name]
+    bts = load_script("bench_train_step", BENCH)
     names = ["torchvision RetinaNet", "RetinaNet focal+L1", "RetinaNet focal+GIoU",
              "FCOS+ATSS focal+GIoU+ATSS", "FCOS+ATSS HCRAL (EATSS+HCRAC+HCRAR)",
              "FCOS+ATSS focal+GIoU+ATSS +EMA"]  # fmt: skip

@@ -37,6 +37,11 @@ class CellSummary:
     paired_ci: tuple[float, float] = (math.nan, math.nan)
     paired_n: int = 0
 
+    @property
+    def ap_by_seed(self) -> dict[int, float]:
+        """Seed → AP; empty unless every run recorded its seed, once."""
+        return dict(zip(self.seeds, self.seeds_ap, strict=True)) if self.seeds else {}
+
 
 @dataclass
 class StepSummary:
@@ -91,7 +96,7 @@ def summarize_study(
             summaries[m] = summarize([float(r[m]) for r in seeds], confidence)
         wall = math.fsum(float(r.get("wall_time_s", math.nan)) for r in seeds) / len(seeds)
         ap = [float(r["AP"]) for r in seeds] if "AP" in metrics else []
-        ids = list(_ap_by_seed(seeds)) if ap else []
+        ids = _seed_ids(seeds) if ap else []
         rows.append(CellSummary(name, summaries, wall, seeds_ap=ap, seeds=ids))
     ref = next(r for r in rows if r.name == reference)
     for row in rows:
@@ -100,21 +105,17 @@ def summarize_study(
             cell_ap, ref_ap = row.metrics["AP"], ref.metrics["AP"]
             row.delta_ci = difference_interval(cell_ap, ref_ap, confidence)
             row.paired_delta, lo, hi, row.paired_n = paired_difference_interval(
-                _ap_by_seed(runs[row.name]), _ap_by_seed(runs[reference]), confidence
+                row.ap_by_seed, ref.ap_by_seed, confidence
             )
             row.paired_ci = (lo, hi)
             if row.mark == "≈":
                 delta = cell_ap.mean - ref_ap.mean
                 row.seeds_needed = seeds_to_separate(delta, cell_ap.std, ref_ap.std, confidence)
-    steps = ladder_steps(rows, runs, confidence) if ladder else []
+    steps = ladder_steps(rows, confidence) if ladder else []
     return StudyTable(study, reference, rows, confidence, steps)
 
 
-def ladder_steps(
-    rows: Sequence[CellSummary],
-    runs: Mapping[str, Sequence[Mapping[str, Any]]],
-    confidence: float = 0.95,
-) -> list[StepSummary]:
+def ladder_steps(rows: Sequence[CellSummary], confidence: float = 0.95) -> list[StepSummary]:
     """AP of each row against the row above it, for a ladder whose rows each add one part.
 
     The reference column answers "how far is this rung from the bottom"; a ladder also
@@ -125,7 +126,7 @@ def ladder_steps(
     for lower, upper in itertools.pairwise(rows):
         a, b = lower.metrics["AP"], upper.metrics["AP"]
         mark = compare_mark(b, a)
-        by_a, by_b = _ap_by_seed(runs[lower.name]), _ap_by_seed(runs[upper.name])
+        by_a, by_b = lower.ap_by_seed, upper.ap_by_seed
         mean, lo, hi, _ = paired_difference_interval(by_b, by_a, confidence)
         welch = difference_interval(b, a, confidence)
         step = StepSummary(lower.name, upper.name, b.mean - a.mean, welch, mark, mean, (lo, hi))
@@ -136,12 +137,12 @@ def ladder_steps(
     return steps
 
 
-def _ap_by_seed(seeds: Sequence[Mapping[str, Any]]) -> dict[int, float]:
-    """Seed → AP of a cell's runs; empty unless every run records its seed, once."""
+def _seed_ids(seeds: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The ``seed`` of each run, in order; empty unless every run records one, once."""
     ids = [r.get("seed") for r in seeds]
     if any(k is None for k in ids) or len(set(ids)) != len(ids):
-        return {}
-    return {int(k): float(r["AP"]) for k, r in zip(ids, seeds, strict=True)}
+        return []
+    return [int(k) for k in ids]
 
 
 def format_summary(s: Summary, digits: int = 1) -> str:
@@ -157,13 +158,18 @@ def _format_wall(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+def _format_ci(ci: tuple[float, float], digits: int) -> str:
+    """``"[-0.3, +1.5]"``, or ``""`` when either end is not finite (no interval)."""
+    lo, hi = ci
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return ""
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
 def _format_paired(row: CellSummary, digits: int) -> str:
     """``"+0.6 [-0.3, +1.5] (n=3)"``; ``"–"`` without two common seeds (or for the reference)."""
-    lo, hi = row.paired_ci
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "–"
-    d = row.paired_delta
-    return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] (n={row.paired_n})"
+    ci = _format_ci(row.paired_ci, digits)
+    return f"{row.paired_delta:+.{digits}f} {ci} (n={row.paired_n})" if ci else "–"
 
 
 def table_digits(table: StudyTable) -> int:
@@ -198,10 +204,8 @@ def render_markdown(table: StudyTable, digits: int = 1) -> str:
         delta = row.metrics["AP"].mean - ref.metrics["AP"].mean
         cells = [f"`{row.name}`", str(row.metrics["AP"].n)]
         cells += [format_summary(row.metrics[m], digits) for m in metrics]
-        lo, hi = row.delta_ci
-        diff = f"{delta:+.{digits}f}"
-        if math.isfinite(lo) and math.isfinite(hi):
-            diff += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        ci = _format_ci(row.delta_ci, digits)
+        diff = f"{delta:+.{digits}f}" + (f" {ci}" if ci else "")
         cells += [diff, _format_paired(row, digits), _format_wall(row.wall_time_s), row.mark]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -228,13 +232,6 @@ def _seed_list(seeds: Sequence[int]) -> str:
     return ", ".join(str(k) for k in seeds)
 
 
-def _format_ci(ci: tuple[float, float], digits: int) -> str:
-    lo, hi = ci
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "–"
-    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
-
-
 def render_steps(steps: Sequence[StepSummary], confidence: float, digits: int = 1) -> list[str]:
     """Markdown lines of the ladder table: what each rung adds over the rung below."""
     pct = round(confidence * 100)
@@ -252,7 +249,8 @@ def render_steps(steps: Sequence[StepSummary], confidence: float, digits: int = 
             needed = "apart" if s.mark in "▲▼" else "–"
         else:
             needed = str(s.seeds_needed) if s.seeds_needed else "> 1000"
-        welch, paired = _format_ci(s.welch_ci, digits), _format_ci(s.paired_ci, digits)
+        welch = _format_ci(s.welch_ci, digits) or "–"
+        paired = _format_ci(s.paired_ci, digits) or "–"
         lines.append(
             f"| `{s.lower}` → `{s.upper}` | {s.delta:+.{digits}f} | {welch} | {paired}"
             f" | {per_seed} | {needed} |"
