@@ -136,7 +136,7 @@ EXPECTED_CELLS = {
     "eatss_l.yaml": {"eatss_l": 4},
     "ladder.yaml": {"ladder": 4},
     "ladder_variant_short.yaml": {"ladder_variant": 4},
-    "hcrar_weight_short.yaml": {"hcrar_weight": 3},
+    "hcrar_weight_short.yaml": {"hcrar_weight": 5},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
     "hyper_params_short.yaml": {
         "hcrac_bins": 3,
@@ -271,8 +271,8 @@ def test_variant_ladder_tops_out_at_the_full_variant(tmp_path):
 
 def test_hcrar_weight_grid_reuses_the_variant_ladder(tmp_path):
     """hcrar_weight_short.yaml's GIoU and HCRAR w1.5 cells are the variant ladder's two top
-    rungs (same config, so `--reuse-from` copies them), and HCRAR w2.0 differs from
-    HCRAR w1.5 in the loss weight only."""
+    rungs (same config, so `--reuse-from` copies them), and the other cells differ from
+    one of those two in the loss weight only."""
     from hcral.compare.runner import _config_key
 
     def cell(grid: str, study: str, name: str) -> Config:
@@ -286,3 +286,7 @@ def test_hcrar_weight_grid_reuses_the_variant_ladder(tmp_path):
     assert w15.reg_loss_args["loss_weight"] == 1.5 and w20.reg_loss_args["loss_weight"] == 2.0
     assert dataclasses.replace(w20, reg_loss_args={**w20.reg_loss_args, "loss_weight": 1.5}) == w15
     assert cell(*weight, "GIoU w2.0").model.reg_loss_args == {"loss_weight": 2.0}
+    giou20, giou25 = cell(*weight, "GIoU w2.0").model, cell(*weight, "GIoU w2.5").model
+    assert dataclasses.replace(giou25, reg_loss_args={"loss_weight": 2.0}) == giou20
+    w25 = cell(*weight, "HCRAR w2.5").model
+    assert dataclasses.replace(w25, reg_loss_args={**w25.reg_loss_args, "loss_weight": 1.5}) == w15
