@@ -137,7 +137,22 @@ EXPECTED_CELLS = {
     "ladder.yaml": {"ladder": 4},
     "ladder_variant_short.yaml": {"ladder_variant": 4},
     "hcrar_weight_short.yaml": {"hcrar_weight": 5},
+    "eatss_gate_short.yaml": {"eatss_gate": 2},
+    "eatss_l_short.yaml": {"eatss_l_short": 5},
+    "ema_short.yaml": {"ema_short": 2},
+    "focal_base_next.yaml": {"focal_base_next": 7},
+    "hcrac_components.yaml": {"hcrac_components": 3},
+    "full_variant.yaml": {"full_variant": 2},
+    "ladder_short.yaml": {"ladder": 4},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
+    "hyper_params.yaml": {
+        "hcrac_bins": 3,
+        "hcrac_mu": 4,
+        "hcrac_theta": 5,
+        "hcrar_alpha": 4,
+        "hcrar_ep": 3,
+        "hcrar_gamma": 4,
+    },  # fmt: skip
     "hyper_params_short.yaml": {
         "hcrac_bins": 3,
         "hcrac_mu": 4,
@@ -170,8 +185,8 @@ def test_shipped_grid_expands_and_every_cell_loads(name, tmp_path):
     path = ABLATIONS / name
     assert path.read_text().lstrip().startswith("#"), "grid files document the format on top"
     studies = load_grid(path)
-    if name in EXPECTED_CELLS:
-        assert {s.name: len(s.cells) for s in studies} == EXPECTED_CELLS[name]
+    assert name in EXPECTED_CELLS, f"add {name}'s studies and cell counts to EXPECTED_CELLS"
+    assert {s.name: len(s.cells) for s in studies} == EXPECTED_CELLS[name]
     defaults = write_yaml(tmp_path / "defaults.yaml", {})
     for study in studies:
         # Base configs come from the CLI task; until they exist, check against defaults.
@@ -290,3 +305,19 @@ def test_hcrar_weight_grid_reuses_the_variant_ladder(tmp_path):
     assert dataclasses.replace(giou25, reg_loss_args={"loss_weight": 2.0}) == giou20
     w25 = cell(*weight, "HCRAR w2.5").model
     assert dataclasses.replace(w25, reg_loss_args={**w25.reg_loss_args, "loss_weight": 1.5}) == w15
+
+
+def test_eatss_gate_grid_reuses_the_hcrar_weight_grid(tmp_path):
+    """eatss_gate_short.yaml's gate0.3 cell is hcrar_weight_short.yaml's HCRAR w2.0 (same
+    config, so `--reuse-from` copies it), and gate0.5 differs from it in the gate only."""
+    from hcral.compare.runner import _config_key
+
+    def cell(grid: str, study: str, name: str) -> Config:
+        return _short_cell(grid, study, name, tmp_path / grid / name)
+
+    gate = "eatss_gate_short.yaml", "eatss_gate"
+    g03, g05 = cell(*gate, "gate0.3"), cell(*gate, "gate0.5")
+    weight = cell("hcrar_weight_short.yaml", "hcrar_weight", "HCRAR w2.0")
+    assert _config_key(g03) == _config_key(weight)
+    assert g05.model.assigner_args == {"num_extra": 3, "min_extra_iou": 0.5}
+    assert dataclasses.replace(g05.model, assigner_args=g03.model.assigner_args) == g03.model
