@@ -127,6 +127,15 @@ def test_unknown_config_key_in_cell_is_error(tmp_path, base_cfg):
         cell_config(study, study.cells[0], 0, tmp_path)
 
 
+HYPER_STUDIES = {
+    "hcrac_bins": 3,
+    "hcrac_mu": 4,
+    "hcrac_theta": 5,
+    "hcrar_alpha": 4,
+    "hcrar_ep": 3,
+    "hcrar_gamma": 4,
+}
+
 EXPECTED_CELLS = {
     "cls_losses.yaml": {"retinanet": 6, "atss": 6},  # the paper's five + HCRAC-focal
     "cls_losses_short.yaml": {"atss_short": 6, "retinanet_short": 6},
@@ -145,22 +154,9 @@ EXPECTED_CELLS = {
     "full_variant.yaml": {"full_variant": 2},
     "ladder_short.yaml": {"ladder": 4},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
-    "hyper_params.yaml": {
-        "hcrac_bins": 3,
-        "hcrac_mu": 4,
-        "hcrac_theta": 5,
-        "hcrar_alpha": 4,
-        "hcrar_ep": 3,
-        "hcrar_gamma": 4,
-    },  # fmt: skip
-    "hyper_params_short.yaml": {
-        "hcrac_bins": 3,
-        "hcrac_mu": 4,
-        "hcrac_theta": 5,
-        "hcrar_alpha": 4,
-        "hcrar_ep": 3,
-        "hcrar_gamma": 4,
-    },  # fmt: skip
+    # the 1x grid and its short twin run the same six one-parameter studies
+    "hyper_params.yaml": HYPER_STUDIES,
+    "hyper_params_short.yaml": HYPER_STUDIES,
 }
 
 
