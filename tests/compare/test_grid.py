@@ -226,6 +226,12 @@ def _short_cell(grid: str, study: str, cell: str, out: Path) -> Config:
     return cell_config(found, next(c for c in found.cells if c.name == cell), 1, out)
 
 
+@pytest.fixture
+def short_cell(tmp_path):
+    """``short_cell(grid, study, name)``: :func:`_short_cell` with its own output folder."""
+    return lambda grid, study, name: _short_cell(grid, study, name, tmp_path / grid / name)
+
+
 @pytest.mark.parametrize(
     "grid, study, cell, same_as",
     [
@@ -280,45 +286,41 @@ def test_variant_ladder_tops_out_at_the_full_variant(tmp_path):
     assert _config_key(atss) == _config_key(spec_atss) != _config_key(top)
 
 
-def test_hcrar_weight_grid_reuses_the_variant_ladder(tmp_path):
+def test_hcrar_weight_grid_reuses_the_variant_ladder(short_cell):
     """hcrar_weight_short.yaml's GIoU and HCRAR w1.5 cells are the variant ladder's two top
     rungs (same config, so `--reuse-from` copies them), and the other cells differ from
     one of those two in the loss weight only."""
     from hcral.compare.runner import _config_key
 
-    def cell(grid: str, study: str, name: str) -> Config:
-        return _short_cell(grid, study, name, tmp_path / grid / name)
-
     weight = "hcrar_weight_short.yaml", "hcrar_weight"
     ladder = "ladder_variant_short.yaml", "ladder_variant"
-    assert _config_key(cell(*weight, "GIoU w2.0")) == _config_key(cell(*ladder, "+HCRAC-F"))
-    assert _config_key(cell(*weight, "HCRAR w1.5")) == _config_key(cell(*ladder, "+HCRAR"))
-    w15, w20 = cell(*weight, "HCRAR w1.5").model, cell(*weight, "HCRAR w2.0").model
+    giou20 = short_cell(*weight, "GIoU w2.0")
+    assert _config_key(giou20) == _config_key(short_cell(*ladder, "+HCRAC-F"))
+    hcrar15 = short_cell(*weight, "HCRAR w1.5")
+    assert _config_key(hcrar15) == _config_key(short_cell(*ladder, "+HCRAR"))
+    w15, w20 = hcrar15.model, short_cell(*weight, "HCRAR w2.0").model
     assert w15.reg_loss_args["loss_weight"] == 1.5 and w20.reg_loss_args["loss_weight"] == 2.0
     assert dataclasses.replace(w20, reg_loss_args={**w20.reg_loss_args, "loss_weight": 1.5}) == w15
-    assert cell(*weight, "GIoU w2.0").model.reg_loss_args == {"loss_weight": 2.0}
-    giou20, giou25 = cell(*weight, "GIoU w2.0").model, cell(*weight, "GIoU w2.5").model
-    assert dataclasses.replace(giou25, reg_loss_args={"loss_weight": 2.0}) == giou20
-    w25 = cell(*weight, "HCRAR w2.5").model
+    assert giou20.model.reg_loss_args == {"loss_weight": 2.0}
+    giou25 = short_cell(*weight, "GIoU w2.5").model
+    assert dataclasses.replace(giou25, reg_loss_args={"loss_weight": 2.0}) == giou20.model
+    w25 = short_cell(*weight, "HCRAR w2.5").model
     assert dataclasses.replace(w25, reg_loss_args={**w25.reg_loss_args, "loss_weight": 1.5}) == w15
 
 
-def test_eatss_gate_grid_reuses_the_hcrar_weight_grid(tmp_path):
+def test_eatss_gate_grid_reuses_the_hcrar_weight_grid(short_cell):
     """eatss_gate_short.yaml's gate0.3 cell is hcrar_weight_short.yaml's HCRAR w2.0 (same
     config, so `--reuse-from` copies it); gate0.5 differs from it in the gate only, and the
     ATSS cell in the assigner only."""
     from hcral.compare.runner import _config_key
 
-    def cell(grid: str, study: str, name: str) -> Config:
-        return _short_cell(grid, study, name, tmp_path / grid / name)
-
     gate = "eatss_gate_short.yaml", "eatss_gate"
-    g03, g05 = cell(*gate, "gate0.3"), cell(*gate, "gate0.5")
-    weight = cell("hcrar_weight_short.yaml", "hcrar_weight", "HCRAR w2.0")
+    g03, g05 = short_cell(*gate, "gate0.3"), short_cell(*gate, "gate0.5")
+    weight = short_cell("hcrar_weight_short.yaml", "hcrar_weight", "HCRAR w2.0")
     assert _config_key(g03) == _config_key(weight)
     assert g05.model.assigner_args == {"num_extra": 3, "min_extra_iou": 0.5}
     assert dataclasses.replace(g05.model, assigner_args=g03.model.assigner_args) == g03.model
-    atss = cell(*gate, "no extras (ATSS)").model
+    atss = short_cell(*gate, "no extras (ATSS)").model
     assert (atss.assigner, atss.assigner_args) == ("atss", {})
     gated = g03.model.assigner_args
     assert dataclasses.replace(atss, assigner="eatss", assigner_args=gated) == g03.model
