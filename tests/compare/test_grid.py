@@ -146,7 +146,7 @@ EXPECTED_CELLS = {
     "ladder.yaml": {"ladder": 4},
     "ladder_variant_short.yaml": {"ladder_variant": 4},
     "hcrar_weight_short.yaml": {"hcrar_weight": 5},
-    "eatss_gate_short.yaml": {"eatss_gate": 3},
+    "eatss_gate_short.yaml": {"eatss_gate": 5},
     "eatss_l_short.yaml": {"eatss_l_short": 5},
     "ema_short.yaml": {"ema_short": 2},
     "focal_base_next.yaml": {"focal_base_next": 7},
@@ -310,8 +310,8 @@ def test_hcrar_weight_grid_reuses_the_variant_ladder(short_cell):
 
 def test_eatss_gate_grid_reuses_the_hcrar_weight_grid(short_cell):
     """eatss_gate_short.yaml's gate0.3 cell is hcrar_weight_short.yaml's HCRAR w2.0 (same
-    config, so `--reuse-from` copies it); gate0.5 differs from it in the gate only, and the
-    ATSS cell in the assigner only."""
+    config, so `--reuse-from` copies it); gate0.5, gate0.2 and SPEC's EATSS differ from it in
+    the gate only, and the ATSS cell in the assigner only."""
     from hcral.compare.runner import _config_key
 
     gate = "eatss_gate_short.yaml", "eatss_gate"
@@ -320,6 +320,11 @@ def test_eatss_gate_grid_reuses_the_hcrar_weight_grid(short_cell):
     assert _config_key(g03) == _config_key(weight)
     assert g05.model.assigner_args == {"num_extra": 3, "min_extra_iou": 0.5}
     assert dataclasses.replace(g05.model, assigner_args=g03.model.assigner_args) == g03.model
+    g02, spec = short_cell(*gate, "gate0.2").model, short_cell(*gate, "no gate (SPEC)").model
+    assert g02.assigner_args == {"num_extra": 3, "min_extra_iou": 0.2}
+    assert spec.assigner_args == {"num_extra": 3}  # min_extra_iou's default, 0, is SPEC
+    for other in (g02, spec):
+        assert dataclasses.replace(other, assigner_args=g03.model.assigner_args) == g03.model
     atss = short_cell(*gate, "no extras (ATSS)").model
     assert (atss.assigner, atss.assigner_args) == ("atss", {})
     gated = g03.model.assigner_args
