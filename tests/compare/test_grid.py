@@ -147,6 +147,7 @@ EXPECTED_CELLS = {
     "ladder_variant_short.yaml": {"ladder_variant": 4},
     "hcrar_weight_short.yaml": {"hcrar_weight": 5},
     "eatss_gate_short.yaml": {"eatss_gate": 5},
+    "hcrac_control_short.yaml": {"hcrac_control": 4},
     "eatss_l_short.yaml": {"eatss_l_short": 5},
     "ema_short.yaml": {"ema_short": 2},
     "focal_base_next.yaml": {"focal_base_next": 7},
@@ -328,3 +329,25 @@ def test_eatss_gate_grid_reuses_the_hcrar_weight_grid(short_cell):
     assert (atss.assigner, atss.assigner_args) == ("atss", {})
     gated = g03.model.assigner_args
     assert dataclasses.replace(atss, assigner="eatss", assigner_args=gated) == g03.model
+
+
+def test_hcrac_control_grid_reuses_the_variant_ladder(short_cell):
+    """hcrac_control_short.yaml's two references are the variant ladder's gated-EATSS and
+    +HCRAC-F rungs (same configs); the focal control differs from the first in α and the
+    loss weight only, and `HCRAC-F ω only` from the second in use_rci only."""
+    from hcral.compare.runner import _config_key
+
+    control = "hcrac_control_short.yaml", "hcrac_control"
+    ladder = "ladder_variant_short.yaml", "ladder_variant"
+    focal, hcrac = short_cell(*control, "EATSS-gate0.3"), short_cell(*control, "+HCRAC-F")
+    assert _config_key(focal) == _config_key(short_cell(*ladder, "EATSS-gate0.3"))
+    assert _config_key(hcrac) == _config_key(short_cell(*ladder, "+HCRAC-F"))
+    matched = short_cell(*control, "focal α0.36 w1.17").model
+    assert matched.cls_loss == "focal"
+    # α' / (1 − α') = 1.68 · 0.25 / 0.75 and the negatives keep 0.75 = w · (1 − α')
+    assert matched.cls_loss_args["alpha"] == pytest.approx(0.42 / 1.17, abs=0.005)
+    assert matched.cls_loss_args["loss_weight"] * (1 - 0.36) == pytest.approx(0.75, abs=0.005)
+    assert dataclasses.replace(matched, cls_loss_args={"alpha": 0.25, "gamma": 2.0}) == focal.model
+    omega = short_cell(*control, "HCRAC-F ω only").model
+    assert omega.cls_loss_args == {**hcrac.model.cls_loss_args, "use_rci": False}
+    assert dataclasses.replace(omega, cls_loss_args=hcrac.model.cls_loss_args) == hcrac.model
