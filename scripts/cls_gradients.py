@@ -20,10 +20,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: row name → (loss of ``hcral.losses.CLS_LOSSES``, its arguments). The last three are
+#: the focal-base variant of HCRAC (docs/method.md §2), it without ρ, and plain focal loss
+#: with about as much more weight on the positives (configs/ablations/hcrac_control_short.yaml).
 LOSSES = {
-    "focal": {"alpha": 0.25, "gamma": 2.0},
-    "ghm": {"bins": 20, "m_ghm": 0.75},
-    "hcrac": {"bins": 20, "mu": 5.0, "theta": 0.7},
+    "focal": ("focal", {"alpha": 0.25, "gamma": 2.0}),
+    "ghm": ("ghm", {"bins": 20, "m_ghm": 0.75}),
+    "hcrac": ("hcrac", {"bins": 20, "mu": 5.0, "theta": 0.7}),
+    "hcrac-focal": ("hcrac", {"base": "focal", "mu": 5.0, "theta": 0.7}),
+    "hcrac-focal ω only": ("hcrac", {"base": "focal", "theta": 0.7, "use_rci": False}),
+    "focal α0.36 w1.17": ("focal", {"alpha": 0.36, "gamma": 2.0, "loss_weight": 1.17}),
 }
 
 
@@ -73,8 +79,8 @@ def measure(run: Path, batches: int) -> dict[str, tuple[float, float]]:
 
     calls = _batches(run, batches)
     out = {}
-    for name, kwargs in LOSSES.items():
-        criterion = build_cls_loss(name, **kwargs)  # GHM/ρ̄ statistics run over the batches
+    for name, (loss, kwargs) in LOSSES.items():
+        criterion = build_cls_loss(loss, **kwargs)  # GHM/ρ̄ statistics run over the batches
         sums = [entry_gradients(criterion, *call) for call in calls]
         out[name] = tuple(sum(s[k] for s in sums) / len(sums) for k in (0, 1))
     return out
