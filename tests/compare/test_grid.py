@@ -148,6 +148,7 @@ EXPECTED_CELLS = {
     "hcrar_weight_short.yaml": {"hcrar_weight": 5},
     "eatss_gate_short.yaml": {"eatss_gate": 5},
     "hcrac_control_short.yaml": {"hcrac_control": 4},
+    "tuned_baseline_short.yaml": {"tuned_baseline": 3},
     "eatss_l_short.yaml": {"eatss_l_short": 5},
     "ema_short.yaml": {"ema_short": 2},
     "focal_base_next.yaml": {"focal_base_next": 7},
@@ -351,3 +352,25 @@ def test_hcrac_control_grid_reuses_the_variant_ladder(short_cell):
     omega = short_cell(*control, "HCRAC-F ω only").model
     assert omega.cls_loss_args == {**hcrac.model.cls_loss_args, "use_rci": False}
     assert dataclasses.replace(omega, cls_loss_args=hcrac.model.cls_loss_args) == hcrac.model
+
+
+def test_tuned_baseline_grid_reuses_the_ladder_and_weight_grids(short_cell):
+    """tuned_baseline_short.yaml's ATSS cell is the variant ladder's ATSS rung, its full
+    variant is hcrar_weight_short.yaml's `HCRAR w2.0` (same configs, so `--reuse-from`
+    copies them), and the tuned baseline differs from ATSS in focal's α and loss weight
+    only, the same two values as hcrac_control_short.yaml's focal control."""
+    from hcral.compare.runner import _config_key
+
+    tuned = "tuned_baseline_short.yaml", "tuned_baseline"
+    atss = short_cell(*tuned, "ATSS")
+    assert _config_key(atss) == _config_key(
+        short_cell("ladder_variant_short.yaml", "ladder_variant", "ATSS")
+    )
+    full = short_cell(*tuned, "full w2.0")
+    weight = short_cell("hcrar_weight_short.yaml", "hcrar_weight", "HCRAR w2.0")
+    assert _config_key(full) == _config_key(weight)
+    baseline = short_cell(*tuned, "ATSS focal α0.36 w1.17").model
+    control = short_cell("hcrac_control_short.yaml", "hcrac_control", "focal α0.36 w1.17").model
+    assert baseline.cls_loss == "focal" and baseline.cls_loss_args == control.cls_loss_args
+    assert (baseline.assigner, baseline.reg_loss) == ("atss", "giou")
+    assert dataclasses.replace(baseline, cls_loss_args=atss.model.cls_loss_args) == atss.model
