@@ -153,7 +153,7 @@ EXPECTED_CELLS = {
     "ema_short.yaml": {"ema_short": 2},
     "focal_base_next.yaml": {"focal_base_next": 7},
     "hcrac_components.yaml": {"hcrac_components": 3},
-    "full_variant.yaml": {"full_variant": 2},
+    "full_variant.yaml": {"full_variant": 4},
     "ladder_short.yaml": {"ladder": 4},
     "retinanet_hcrar_short.yaml": {"retinanet_hcrar": 4, "retinanet_hcral": 1},
     # the 1x grid and its short twin run the same six one-parameter studies
@@ -374,3 +374,19 @@ def test_tuned_baseline_grid_reuses_the_ladder_and_weight_grids(short_cell):
     assert baseline.cls_loss == "focal" and baseline.cls_loss_args == control.cls_loss_args
     assert (baseline.assigner, baseline.reg_loss) == ("atss", "giou")
     assert dataclasses.replace(baseline, cls_loss_args=atss.model.cls_loss_args) == atss.model
+
+
+@pytest.mark.parametrize(
+    "full_cell, short_cell_name",
+    [
+        ("ATSS+FL-α0.36-w1.17+GIoU", "ATSS focal α0.36 w1.17"),
+        ("EATSS-gate0.3+HCRAC-F+HCRAR-w2.0", "full w2.0"),
+    ],
+)
+def test_full_variant_grid_holds_the_tuned_cells_at_1x(full_cell, short_cell_name, short_cell):
+    """full_variant.yaml's two later cells are tuned_baseline_short.yaml's tuned baseline
+    and full variant on the 1x schedule: same model, 12 epochs instead of 6."""
+    at_1x = short_cell("full_variant.yaml", "full_variant", full_cell)
+    short = short_cell("tuned_baseline_short.yaml", "tuned_baseline", short_cell_name)
+    assert at_1x.model == short.model
+    assert (at_1x.train.epochs, short.train.epochs) == (12, 6)
