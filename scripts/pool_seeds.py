@@ -1,0 +1,95 @@
+"""One AP table from finished runs and from per-seed APs recorded in docs/results.md.
+
+Several sections of docs/results.md compare new runs with cells whose run folders are
+gone (lost with an earlier machine) and survive only as the per-seed APs the section
+lists. This prints the table `hcral compare --report-only` would write if those runs
+were still there (AP only, Welch and paired intervals, `hcral.compare`'s statistics):
+
+    python scripts/pool_seeds.py runs/tuned_baseline/tuned_baseline --reference ATSS \\
+        --recorded "ATSS=0:6.31,1:6.30,2:7.25" --order "ATSS,ATSS focal α0.36 w1.17"
+
+A study folder holds ``<cell>/seed_<k>/metrics.json`` (an `hcral compare` output). A seed
+both recorded and run must agree to the recorded two decimals: that checks that a rerun
+on this machine repeats the recorded run (docs/results.md §18 on machines). The paired
+column pairs every seed two cells share; seed k is the same draw only on one machine, so
+pool seeds from one machine when that column is to mean anything (§22 and §23 say which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from hcral.compare import render_markdown, summarize_study
+
+TOLERANCE = 0.005 + 1e-9  # the recorded APs carry two decimals
+
+
+def parse_recorded(text: str) -> tuple[str, dict[int, float]]:
+    """``"CELL=0:6.31,1:6.30"`` → ``("CELL", {0: 6.31, 1: 6.30})``."""
+    cell, sep, pairs = text.rpartition("=")
+    try:
+        if not (sep and cell and pairs):
+            raise ValueError
+        seeds = {int(k): float(v) for k, v in (p.split(":") for p in pairs.split(","))}
+    except ValueError:
+        raise ValueError(f"--recorded {text!r}: expected CELL=SEED:AP,SEED:AP,...") from None
+    return cell, seeds
+
+
+def finished_runs(study_dir: Path) -> dict[str, dict[int, dict]]:
+    """Cell → seed → metrics.json of every finished run under ``study_dir``."""
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(study_dir.glob("*/seed_*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        runs.setdefault(metrics["cell"], {})[int(metrics["seed"])] = metrics
+    return runs
+
+
+def pool(runs: dict[str, dict[int, dict]], recorded: dict[str, dict[int, float]]) -> dict:
+    """Cell → per-seed metric dicts in seed order; raises where a run and a record differ."""
+    pooled = {}
+    for cell in {**runs, **recorded}:
+        seeds = {
+            k: {"AP": ap, "seed": k, "wall_time_s": math.nan}
+            for k, ap in recorded.get(cell, {}).items()
+        }
+        for k, metrics in runs.get(cell, {}).items():
+            if k in seeds and abs(seeds[k]["AP"] - metrics["AP"]) > TOLERANCE:
+                raise ValueError(
+                    f"cell {cell!r} seed {k}: recorded AP {seeds[k]['AP']:.2f}, "
+                    f"the run has {metrics['AP']:.4f}"
+                )
+            seeds[k] = metrics
+        pooled[cell] = [seeds[k] for k in sorted(seeds)]
+    return pooled
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("study_dir", type=Path, nargs="?", help="an hcral compare study folder")
+    parser.add_argument("--reference", required=True, help="the cell the others are compared with")
+    parser.add_argument(
+        "--recorded", action="append", default=[], help="CELL=SEED:AP,... (repeatable)"
+    )
+    parser.add_argument("--order", help="comma-separated cells, in table order (default: sorted)")
+    parser.add_argument("--title", default="pooled")
+    args = parser.parse_args(argv)
+    runs = finished_runs(args.study_dir) if args.study_dir else {}
+    pooled = pool(runs, dict(parse_recorded(r) for r in args.recorded))
+    order = args.order.split(",") if args.order else sorted(pooled)
+    missing = [c for c in order if c not in pooled]
+    if missing or len(order) != len(pooled):
+        raise SystemExit(f"--order {order} does not list the cells found, {sorted(pooled)}")
+    table = summarize_study(
+        args.title, args.reference, {c: pooled[c] for c in order}, metrics=("AP",)
+    )
+    text = render_markdown(table, digits=2)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
