@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--order", help="comma-separated cells, in table order (default: sorted)")
     parser.add_argument("--title", default="pooled")
+    parser.add_argument("--png", type=Path, help="also draw the AP bars (hcral.viz.plot_ap_bars)")
     args = parser.parse_args(argv)
     runs = finished_runs(args.study_dir) if args.study_dir else {}
     pooled = pool(runs, dict(parse_recorded(r) for r in args.recorded))
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> str:
         args.title, args.reference, {c: pooled[c] for c in order}, metrics=("AP",)
     )
     text = render_markdown(table, digits=2)
+    if args.png:
+        from hcral.viz import plot_ap_bars
+
+        plot_ap_bars(table, args.png)
     print(text)
     return text
 
