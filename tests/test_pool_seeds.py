@@ -50,17 +50,9 @@ def test_pool_refuses_a_run_that_differs_from_its_record(script, tmp_path):
 def test_main_prints_the_pooled_table(script, tmp_path, capsys):
     for seed, ap in enumerate([2.0, 4.0, 3.0]):
         _run(tmp_path, "new", seed, ap)
-    text = script.main(
-        [
-            str(tmp_path),
-            "--reference",
-            "ref",
-            "--recorded",
-            "ref=0:1.0,1:2.0,2:3.0",
-            "--order",
-            "ref,new",
-        ]
-    )
+    args = ["--reference", "ref", "--recorded", "ref=0:1.0,1:2.0,2:3.0", "--order", "ref,new"]
+    text = script.main([str(tmp_path), *args, "--png", str(tmp_path / "bars.png")])
+    assert (tmp_path / "bars.png").stat().st_size > 5_000
     assert capsys.readouterr().out.strip() == text.strip()
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert rows[0].startswith("| `ref` | 3 | 2.00 ± 1.00")
