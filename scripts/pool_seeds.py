@@ -41,11 +41,28 @@ def parse_recorded(text: str) -> tuple[str, dict[int, float]]:
 
 def finished_runs(study_dir: Path) -> dict[str, dict[int, dict]]:
     """Cell → seed → metrics.json of every finished run under ``study_dir``."""
+    if not study_dir.is_dir():
+        raise FileNotFoundError(
+            f"{study_dir}: not a folder (expected OUT/<study> of hcral compare)"
+        )
     runs: dict[str, dict[int, dict]] = {}
     for path in sorted(study_dir.glob("*/seed_*/metrics.json")):
         metrics = json.loads(path.read_text())
+        if "cell" not in metrics or "seed" not in metrics or "AP" not in metrics:
+            raise ValueError(f"{path}: no 'cell', 'seed' or 'AP' (not written by hcral compare)")
         runs.setdefault(metrics["cell"], {})[int(metrics["seed"])] = metrics
     return runs
+
+
+def parse_all_recorded(texts: list[str]) -> dict[str, dict[int, float]]:
+    """Every ``--recorded`` value by cell; a cell given twice is an error, not a merge."""
+    recorded: dict[str, dict[int, float]] = {}
+    for text in texts:
+        cell, seeds = parse_recorded(text)
+        if cell in recorded:
+            raise ValueError(f"--recorded: cell {cell!r} given twice")
+        recorded[cell] = seeds
+    return recorded
 
 
 def pool(runs: dict[str, dict[int, dict]], recorded: dict[str, dict[int, float]]) -> dict:
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--png", type=Path, help="also draw the AP bars (hcral.viz.plot_ap_bars)")
     args = parser.parse_args(argv)
     runs = finished_runs(args.study_dir) if args.study_dir else {}
-    pooled = pool(runs, dict(parse_recorded(r) for r in args.recorded))
+    pooled = pool(runs, parse_all_recorded(args.recorded))
     order = args.order.split(",") if args.order else sorted(pooled)
     missing = [c for c in order if c not in pooled]
     if missing or len(order) != len(pooled):

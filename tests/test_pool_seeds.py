@@ -69,3 +69,15 @@ def test_main_needs_every_cell_in_the_order(script, tmp_path):
         script.main(
             [str(tmp_path), "--reference", "new", "--recorded", "ref=0:1.0", "--order", "new"]
         )
+
+
+def test_bad_inputs_are_named(script, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        script.finished_runs(tmp_path / "missing")
+    (tmp_path / "c" / "seed_0").mkdir(parents=True)
+    (tmp_path / "c" / "seed_0" / "metrics.json").write_text(json.dumps({"AP": 1.0}))
+    with pytest.raises(ValueError, match=r"seed_0.metrics.json: no 'cell', 'seed' or 'AP'"):
+        script.finished_runs(tmp_path)
+    with pytest.raises(ValueError, match="cell 'a' given twice"):
+        script.parse_all_recorded(["a=0:1.0", "b=0:2.0", "a=1:3.0"])
+    assert script.parse_all_recorded(["a=0:1.0", "b=1:2.0"]) == {"a": {0: 1.0}, "b": {1: 2.0}}
