@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> str:
     runs = finished_runs(args.study_dir) if args.study_dir else {}
     pooled = pool(runs, parse_all_recorded(args.recorded))
     order = args.order.split(",") if args.order else sorted(pooled)
-    missing = [c for c in order if c not in pooled]
-    if missing or len(order) != len(pooled):
+    if sorted(order) != sorted(pooled):  # each cell once: a repeat must not hide a missing one
         raise SystemExit(f"--order {order} does not list the cells found, {sorted(pooled)}")
     table = summarize_study(
         args.title, args.reference, {c: pooled[c] for c in order}, metrics=("AP",)

@@ -69,6 +69,10 @@ def test_main_needs_every_cell_in_the_order(script, tmp_path):
         script.main(
             [str(tmp_path), "--reference", "new", "--recorded", "ref=0:1.0", "--order", "new"]
         )
+    with pytest.raises(SystemExit, match="does not list the cells found"):
+        script.main(
+            [str(tmp_path), "--reference", "new", "--recorded", "ref=0:1.0", "--order", "new,new"]
+        )
 
 
 def test_bad_inputs_are_named(script, tmp_path):
