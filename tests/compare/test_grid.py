@@ -148,7 +148,7 @@ EXPECTED_CELLS = {
     "hcrar_weight_short.yaml": {"hcrar_weight": 5},
     "eatss_gate_short.yaml": {"eatss_gate": 5},
     "hcrac_control_short.yaml": {"hcrac_control": 4},
-    "tuned_baseline_short.yaml": {"tuned_baseline": 3},
+    "tuned_baseline_short.yaml": {"tuned_baseline": 4},
     "eatss_l_short.yaml": {"eatss_l_short": 5},
     "ema_short.yaml": {"ema_short": 2},
     "focal_base_next.yaml": {"focal_base_next": 7},
@@ -374,6 +374,18 @@ def test_tuned_baseline_grid_reuses_the_ladder_and_weight_grids(short_cell):
     assert baseline.cls_loss == "focal" and baseline.cls_loss_args == control.cls_loss_args
     assert (baseline.assigner, baseline.reg_loss) == ("atss", "giou")
     assert dataclasses.replace(baseline, cls_loss_args=atss.model.cls_loss_args) == atss.model
+
+
+def test_tuned_full_variant_shares_the_tuned_baseline_focal_base(short_cell):
+    """`full w2.0 α0.36 w1.17` is `full w2.0` with HCRAC-focal's α and loss weight set
+    to the tuned baseline's focal α and loss weight, and nothing else changed."""
+    tuned = "tuned_baseline_short.yaml", "tuned_baseline"
+    full = short_cell(*tuned, "full w2.0").model
+    tuned_full = short_cell(*tuned, "full w2.0 α0.36 w1.17").model
+    baseline = short_cell(*tuned, "ATSS focal α0.36 w1.17").model
+    assert tuned_full.cls_loss == "hcrac" and tuned_full.cls_loss_args["base"] == "focal"
+    assert tuned_full.cls_loss_args == {**full.cls_loss_args, **baseline.cls_loss_args}
+    assert dataclasses.replace(tuned_full, cls_loss_args=full.cls_loss_args) == full
 
 
 @pytest.mark.parametrize(
