@@ -160,6 +160,7 @@ def test_plot_ap_bars_heights_and_error_bars(tmp_path, monkeypatch):
     spans = [seg[1][1] - seg[0][1] for seg in segments]
     assert spans == pytest.approx([1.0, 1.4, 0.0])
     assert [t.get_text() for t in ax.texts] == ["ref", "▲", "–"]
+    assert ax.get_title() == "cls: AP (n=1–3 seeds, 95% t interval)"  # cells differ in n
 
 
 def test_plot_ap_bars_empty_table(tmp_path):

@@ -559,7 +559,8 @@ def plot_ap_bars(table: StudyTable, out_png: str | Path, metric: str = "AP") -> 
         ax.set_ylim(max(0.0, lo - pad), hi + pad)
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     pct = round(table.confidence * 100)
-    n = max(s.n for s in summ)
+    lo_n, hi_n = min(s.n for s in summ), max(s.n for s in summ)
+    n = f"{lo_n}" if lo_n == hi_n else f"{lo_n}–{hi_n}"  # pooled tables can mix seed counts
     ax.set(ylabel=metric, title=f"{table.study}: {metric} (n={n} seeds, {pct}% t interval)")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, out_png)
