@@ -13,8 +13,8 @@ both recorded and run must agree to the recorded two decimals: that checks that 
 on this machine repeats the recorded run (docs/results.md §18 on machines). The paired
 column pairs every seed two cells share; seed k is the same draw only on one machine, so
 pool seeds from one machine when that column is to mean anything (§22 and §23 say which).
-``--seeds 0-7`` pools those seeds only: a section's table from before more seeds joined
-the same folder (§24 against §25).
+``--seeds 8`` (with ``--first-seed``, as in `hcral compare`) pools seeds 0–7 only: a
+section's table from before more seeds joined the same folder (§24 against §25).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 
 from hcral.compare import render_markdown, summarize_study
@@ -87,16 +86,13 @@ def pool(runs: dict[str, dict[int, dict]], recorded: dict[str, dict[int, float]]
     return pooled
 
 
-def parse_seed_range(text: str) -> range:
-    """``"0-7"`` → seeds 0 to 7, both included; ``"8"`` → seed 8 alone."""
-    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
-    if not match:
-        raise ValueError(f"--seeds {text!r}: expected FIRST-LAST, e.g. 0-7")
-    first, last = match.group(1), match.group(2) or match.group(1)
-    seeds = range(int(first), int(last) + 1)
-    if not seeds:
-        raise ValueError(f"--seeds {text!r}: expected FIRST <= LAST")
-    return seeds
+def seed_range(seeds: int, first_seed: int = 0) -> range:
+    """Seeds ``first_seed`` to ``first_seed + seeds - 1``, as `hcral compare` counts them."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if first_seed < 0:
+        raise ValueError(f"--first-seed must be >= 0, got {first_seed}")
+    return range(first_seed, first_seed + seeds)
 
 
 def keep_seeds(pooled: dict[str, list[dict]], seeds: range) -> dict[str, list[dict]]:
@@ -104,7 +100,7 @@ def keep_seeds(pooled: dict[str, list[dict]], seeds: range) -> dict[str, list[di
     kept = {cell: [r for r in runs if r["seed"] in seeds] for cell, runs in pooled.items()}
     empty = sorted(cell for cell, runs in kept.items() if not runs)
     if empty:
-        raise ValueError(f"--seeds {seeds.start}-{seeds.stop - 1}: no seed left for {empty}")
+        raise ValueError(f"seeds {seeds.start}–{seeds.stop - 1}: no seed left for {empty}")
     return kept
 
 
@@ -117,15 +113,16 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--order", help="comma-separated cells, in table order (default: sorted)")
     parser.add_argument(
-        "--seeds", help="FIRST-LAST: pool these seeds only (default: every seed found)"
+        "--seeds", type=int, help="pool this many seeds only (default: every seed found)"
     )
+    parser.add_argument("--first-seed", type=int, default=0, help="with --seeds: the first (0)")
     parser.add_argument("--title", default="pooled")
     parser.add_argument("--png", type=Path, help="also draw the AP bars (hcral.viz.plot_ap_bars)")
     args = parser.parse_args(argv)
     runs = finished_runs(args.study_dir) if args.study_dir else {}
     pooled = pool(runs, parse_all_recorded(args.recorded))
-    if args.seeds:  # e.g. a section's table from before more seeds joined the folder
-        pooled = keep_seeds(pooled, parse_seed_range(args.seeds))
+    if args.seeds is not None:  # e.g. a section's table from before more seeds joined
+        pooled = keep_seeds(pooled, seed_range(args.seeds, args.first_seed))
     order = args.order.split(",") if args.order else sorted(pooled)
     if sorted(order) != sorted(pooled):  # each cell once: a repeat must not hide a missing one
         raise SystemExit(f"--order {order} does not list the cells found, {sorted(pooled)}")

@@ -63,23 +63,23 @@ def test_main_prints_the_pooled_table(script, tmp_path, capsys):
     assert "- `ref` (seeds 0–2): 1.00 / 2.00 / 3.00" in text
 
 
-def test_seed_range(script):
-    assert list(script.parse_seed_range("0-7")) == list(range(8))
-    assert list(script.parse_seed_range("8")) == [8]
-    for bad in ("", "a-b", "3-1", "-1-2", "1-"):
-        with pytest.raises(ValueError, match="--seeds"):
-            script.parse_seed_range(bad)
+def test_seed_range_counts_as_hcral_compare(script):
+    assert list(script.seed_range(8)) == list(range(8))
+    assert list(script.seed_range(3, first_seed=8)) == [8, 9, 10]
+    for bad, message in (((0,), "--seeds must be >= 1"), ((2, -1), "--first-seed must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            script.seed_range(*bad)
 
 
 def test_main_pools_only_the_seeds_asked_for(script, tmp_path):
     for seed, ap in enumerate([2.0, 4.0, 3.0, 9.0]):
         _run(tmp_path, "new", seed, ap)
     args = ["--reference", "ref", "--recorded", "ref=0:1.0,1:2.0,2:3.0", "--order", "ref,new"]
-    text = script.main([str(tmp_path), *args, "--seeds", "0-2"])
+    text = script.main([str(tmp_path), *args, "--seeds", "3"])
     assert "- `new` (seeds 0–2): 2.00 / 4.00 / 3.00" in text
     assert "9.00" not in text
     with pytest.raises(ValueError, match=r"no seed left for \['ref'\]"):
-        script.main([str(tmp_path), *args, "--seeds", "3"])
+        script.main([str(tmp_path), *args, "--seeds", "1", "--first-seed", "3"])
 
 
 def test_main_needs_every_cell_in_the_order(script, tmp_path):
