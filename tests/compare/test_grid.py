@@ -149,6 +149,7 @@ EXPECTED_CELLS = {
     "eatss_gate_short.yaml": {"eatss_gate": 5},
     "hcrac_control_short.yaml": {"hcrac_control": 4},
     "tuned_baseline_short.yaml": {"tuned_baseline": 4},
+    "hcrac_focal_mu_short.yaml": {"hcrac_focal_mu": 4},
     "eatss_l_short.yaml": {"eatss_l_short": 5},
     "ema_short.yaml": {"ema_short": 2},
     "focal_base_next.yaml": {"focal_base_next": 7},
@@ -386,6 +387,26 @@ def test_tuned_full_variant_shares_the_tuned_baseline_focal_base(short_cell):
     assert tuned_full.cls_loss == "hcrac" and tuned_full.cls_loss_args["base"] == "focal"
     assert tuned_full.cls_loss_args == {**full.cls_loss_args, **baseline.cls_loss_args}
     assert dataclasses.replace(tuned_full, cls_loss_args=full.cls_loss_args) == full
+
+
+def test_hcrac_focal_mu_grid_varies_mu_on_the_full_variant(short_cell):
+    """hcrac_focal_mu_short.yaml's ATSS and `μ5 (full w2.0)` are tuned_baseline_short.yaml's
+    `ATSS` and `full w2.0` (same configs, so `--reuse-from` copies them); `μ3` and `μ7`
+    differ from `μ5 (full w2.0)` in HCRAC's μ only."""
+    from hcral.compare.runner import _config_key
+
+    grid, tuned = (
+        ("hcrac_focal_mu_short.yaml", "hcrac_focal_mu"),
+        ("tuned_baseline_short.yaml", "tuned_baseline"),
+    )
+    for name, same_as in (("ATSS", "ATSS"), ("μ5 (full w2.0)", "full w2.0")):
+        assert _config_key(short_cell(*grid, name)) == _config_key(short_cell(*tuned, same_as))
+    full = short_cell(*grid, "μ5 (full w2.0)").model
+    assert full.cls_loss_args["mu"] == 5.0
+    for name, mu in (("μ3", 3.0), ("μ7", 7.0)):
+        model = short_cell(*grid, name).model
+        assert model.cls_loss_args == {**full.cls_loss_args, "mu": mu}
+        assert dataclasses.replace(model, cls_loss_args=full.cls_loss_args) == full
 
 
 @pytest.mark.parametrize(
