@@ -24,7 +24,7 @@ import json
 import math
 from pathlib import Path
 
-from hcral.compare import render_markdown, summarize_study
+from hcral.compare import render_markdown, seed_range, summarize_study
 
 TOLERANCE = 0.005 + 1e-9  # the recorded APs carry two decimals
 
@@ -84,15 +84,6 @@ def pool(runs: dict[str, dict[int, dict]], recorded: dict[str, dict[int, float]]
             seeds[k] = metrics
         pooled[cell] = [seeds[k] for k in sorted(seeds)]
     return pooled
-
-
-def seed_range(seeds: int, first_seed: int = 0) -> range:
-    """Seeds ``first_seed`` to ``first_seed + seeds - 1``, as `hcral compare` counts them."""
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    if first_seed < 0:
-        raise ValueError(f"--first-seed must be >= 0, got {first_seed}")
-    return range(first_seed, first_seed + seeds)
 
 
 def keep_seeds(pooled: dict[str, list[dict]], seeds: range) -> dict[str, list[dict]]:

@@ -63,12 +63,16 @@ def test_main_prints_the_pooled_table(script, tmp_path, capsys):
     assert "- `ref` (seeds 0–2): 1.00 / 2.00 / 3.00" in text
 
 
-def test_seed_range_counts_as_hcral_compare(script):
-    assert list(script.seed_range(8)) == list(range(8))
-    assert list(script.seed_range(3, first_seed=8)) == [8, 9, 10]
-    for bad, message in (((0,), "--seeds must be >= 1"), ((2, -1), "--first-seed must be >= 0")):
+def test_seeds_are_counted_as_hcral_compare_counts_them(script, tmp_path):
+    """--seeds/--first-seed go through hcral.compare.seed_range, bad values included."""
+    _run(tmp_path, "ref", 0, 1.0)
+    args = [str(tmp_path), "--reference", "ref"]
+    for bad, message in (
+        (["--seeds", "0"], "seeds must be an integer >= 1, got 0"),
+        (["--seeds", "2", "--first-seed", "-1"], "first_seed must be an integer >= 0, got -1"),
+    ):
         with pytest.raises(ValueError, match=message):
-            script.seed_range(*bad)
+            script.main([*args, *bad])
 
 
 def test_main_pools_only_the_seeds_asked_for(script, tmp_path):

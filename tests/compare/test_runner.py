@@ -131,6 +131,17 @@ def test_run_compare_bad_seeds(tmp_path, base_cfg):
         run_compare(write_grid(tmp_path, base_cfg), 1, tmp_path / "o", FakeTrain(), first_seed=-1)
 
 
+def test_seed_range_counts_from_first_seed():
+    """The one seed count `hcral compare` and scripts/pool_seeds.py share."""
+    assert compare.seed_range(8) == range(8)
+    assert list(compare.seed_range(3, first_seed=8)) == [8, 9, 10]
+    for bad, message in (((0,), "seeds must be an integer >= 1"), ((2, -1), "first_seed must")):
+        with pytest.raises(ValueError, match=message):
+            compare.seed_range(*bad)
+    with pytest.raises(ValueError, match="seeds must be an integer"):
+        compare.seed_range(2.0)
+
+
 def test_run_compare_first_seed_adds_seeds_a_later_run_reuses(tmp_path, base_cfg):
     grid, out = write_grid(tmp_path, base_cfg), tmp_path / "out"
     late = FakeTrain()

@@ -294,6 +294,15 @@ class RunPlan:
         return "\n".join(lines)
 
 
+def seed_range(seeds: int, first_seed: int = 0) -> range:
+    """Seeds ``first_seed`` to ``first_seed + seeds - 1``: how `hcral compare` counts them."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
+    return range(first_seed, first_seed + seeds)
+
+
 def plan_runs(
     grid_path: str | Path,
     seeds: int,
@@ -303,14 +312,10 @@ def plan_runs(
     reuse_from: Sequence[str | Path] = (),
 ) -> RunPlan:
     """Expand a grid into its runs under ``out_dir`` (arguments as in :func:`run_compare`)."""
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    if not isinstance(first_seed, int) or first_seed < 0:
-        raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
+    ks = seed_range(seeds, first_seed)
     every = load_grid(grid_path)
     studies = select_studies(every, only)
     out = Path(out_dir)
-    ks = range(first_seed, first_seed + seeds)
     # Seed-major order: a grid stopped half-way has whole seeds of every cell, which
     # already compare, instead of all seeds of the first cells and none of the rest.
     tasks = [
