@@ -150,7 +150,7 @@ EXPECTED_CELLS = {
     "hcrac_control_short.yaml": {"hcrac_control": 4},
     "tuned_baseline_short.yaml": {"tuned_baseline": 4},
     "hcrac_focal_mu_short.yaml": {"hcrac_focal_mu": 4},
-    "focal_alpha_short.yaml": {"focal_alpha": 4},
+    "focal_alpha_short.yaml": {"focal_alpha": 5},
     "eatss_l_short.yaml": {"eatss_l_short": 5},
     "ema_short.yaml": {"ema_short": 2},
     "focal_base_next.yaml": {"focal_base_next": 7},
@@ -411,16 +411,16 @@ def test_hcrac_focal_mu_grid_varies_mu_on_the_full_variant(short_cell):
 
 
 def test_focal_alpha_grid_varies_alpha_on_plain_atss(short_cell):
-    """focal_alpha_short.yaml's `ATSS` and `full w2.0` are tuned_baseline_short.yaml's
-    (same configs, so `--reuse-from` copies them); `ATSS α0.5` and `ATSS α0.75` differ
-    from `ATSS` in focal's α only."""
+    """focal_alpha_short.yaml's `ATSS`, `ATSS focal α0.36 w1.17` and `full w2.0` are
+    tuned_baseline_short.yaml's (same configs, so `--reuse-from` copies them); `ATSS α0.5`
+    and `ATSS α0.75` differ from `ATSS` in focal's α only."""
     from hcral.compare.runner import _config_key
 
     grid, tuned = (
         ("focal_alpha_short.yaml", "focal_alpha"),
         ("tuned_baseline_short.yaml", "tuned_baseline"),
     )
-    for name in ("ATSS", "full w2.0"):
+    for name in ("ATSS", "ATSS focal α0.36 w1.17", "full w2.0"):
         assert _config_key(short_cell(*grid, name)) == _config_key(short_cell(*tuned, name))
     atss = short_cell(*grid, "ATSS").model
     assert (atss.cls_loss, atss.cls_loss_args["alpha"]) == ("focal", 0.25)
