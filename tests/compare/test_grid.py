@@ -236,6 +236,24 @@ def short_cell(tmp_path):
     return lambda grid, study, name: _short_cell(grid, study, name, tmp_path / grid / name)
 
 
+def _assert_copies(short_cell, grid: tuple, source: tuple, same_as: dict[str, str]) -> None:
+    """Each cell of ``grid`` named in ``same_as`` resolves to the same run as the ``source``
+    cell it maps to, so ``--reuse-from`` copies it instead of training it."""
+    from hcral.compare.runner import _config_key
+
+    for name, other in same_as.items():
+        assert _config_key(short_cell(*grid, name)) == _config_key(short_cell(*source, other)), name
+
+
+def _assert_varies_cls_arg(short_cell, grid: tuple, ref: str, arg: str, values: dict) -> None:
+    """Each cell named in ``values`` is ``ref`` with only ``cls_loss_args[arg]`` changed."""
+    base = short_cell(*grid, ref).model
+    for name, value in values.items():
+        model = short_cell(*grid, name).model
+        assert model.cls_loss_args == {**base.cls_loss_args, arg: value}, name
+        assert dataclasses.replace(model, cls_loss_args=base.cls_loss_args) == base, name
+
+
 @pytest.mark.parametrize(
     "grid, study, cell, same_as",
     [
@@ -394,40 +412,26 @@ def test_hcrac_focal_mu_grid_varies_mu_on_the_full_variant(short_cell):
     """hcrac_focal_mu_short.yaml's ATSS and `μ5 (full w2.0)` are tuned_baseline_short.yaml's
     `ATSS` and `full w2.0` (same configs, so `--reuse-from` copies them); `μ3` and `μ7`
     differ from `μ5 (full w2.0)` in HCRAC's μ only."""
-    from hcral.compare.runner import _config_key
-
-    grid, tuned = (
-        ("hcrac_focal_mu_short.yaml", "hcrac_focal_mu"),
-        ("tuned_baseline_short.yaml", "tuned_baseline"),
-    )
-    for name, same_as in (("ATSS", "ATSS"), ("μ5 (full w2.0)", "full w2.0")):
-        assert _config_key(short_cell(*grid, name)) == _config_key(short_cell(*tuned, same_as))
-    full = short_cell(*grid, "μ5 (full w2.0)").model
-    assert full.cls_loss_args["mu"] == 5.0
-    for name, mu in (("μ3", 3.0), ("μ7", 7.0)):
-        model = short_cell(*grid, name).model
-        assert model.cls_loss_args == {**full.cls_loss_args, "mu": mu}
-        assert dataclasses.replace(model, cls_loss_args=full.cls_loss_args) == full
+    grid = ("hcrac_focal_mu_short.yaml", "hcrac_focal_mu")
+    tuned = ("tuned_baseline_short.yaml", "tuned_baseline")
+    _assert_copies(short_cell, grid, tuned, {"ATSS": "ATSS", "μ5 (full w2.0)": "full w2.0"})
+    assert short_cell(*grid, "μ5 (full w2.0)").model.cls_loss_args["mu"] == 5.0
+    _assert_varies_cls_arg(short_cell, grid, "μ5 (full w2.0)", "mu", {"μ3": 3.0, "μ7": 7.0})
 
 
 def test_focal_alpha_grid_varies_alpha_on_plain_atss(short_cell):
     """focal_alpha_short.yaml's `ATSS`, `ATSS focal α0.36 w1.17` and `full w2.0` are
     tuned_baseline_short.yaml's (same configs, so `--reuse-from` copies them); `ATSS α0.5`
     and `ATSS α0.75` differ from `ATSS` in focal's α only."""
-    from hcral.compare.runner import _config_key
-
-    grid, tuned = (
-        ("focal_alpha_short.yaml", "focal_alpha"),
-        ("tuned_baseline_short.yaml", "tuned_baseline"),
-    )
-    for name in ("ATSS", "ATSS focal α0.36 w1.17", "full w2.0"):
-        assert _config_key(short_cell(*grid, name)) == _config_key(short_cell(*tuned, name))
+    grid = ("focal_alpha_short.yaml", "focal_alpha")
+    tuned = ("tuned_baseline_short.yaml", "tuned_baseline")
+    same = ("ATSS", "ATSS focal α0.36 w1.17", "full w2.0")
+    _assert_copies(short_cell, grid, tuned, {name: name for name in same})
     atss = short_cell(*grid, "ATSS").model
     assert (atss.cls_loss, atss.cls_loss_args["alpha"]) == ("focal", 0.25)
-    for name, alpha in (("ATSS α0.5", 0.5), ("ATSS α0.75", 0.75)):
-        model = short_cell(*grid, name).model
-        assert model.cls_loss_args == {**atss.cls_loss_args, "alpha": alpha}
-        assert dataclasses.replace(model, cls_loss_args=atss.cls_loss_args) == atss
+    _assert_varies_cls_arg(
+        short_cell, grid, "ATSS", "alpha", {"ATSS α0.5": 0.5, "ATSS α0.75": 0.75}
+    )
 
 
 @pytest.mark.parametrize(
